@@ -149,12 +149,14 @@ def test_operator_deployment_defaults(render):
     pod = d["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert d["spec"]["replicas"] == 1
-    assert c["image"] == "kinfer/kinfer-operator:0.1.0"  # appVersion when no tag is given
+    assert c["image"] == "ghcr.io/kinfer/kinfer-operator:0.1.0"  # appVersion when no tag is given
     env = env_of(d)
-    assert env["KINFER_RUNTIME_IMAGE"]["value"] == "kinfer/kinfer-runtime:0.1.0"
+    assert env["KINFER_RUNTIME_IMAGE"]["value"] == "ghcr.io/kinfer/kinfer-runtime:0.1.0"
     assert env["KINFER_LEADER_ELECTION"]["value"] == "true"
     assert env["KINFER_WATCH_NAMESPACES"]["value"] == ""
-    assert env["RUST_LOG"]["value"] == "info"
+    assert env["KINFER_LOG_LEVEL"]["value"] == "info"
+    assert env["KINFER_HEALTH_ADDR"]["value"] == "0.0.0.0:8081"
+    assert env["KINFER_LEASE_NAME"]["value"] == "kinfer-kinfer-operator"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert pod["serviceAccountName"] == one(render(), "ServiceAccount")["metadata"]["name"]
@@ -222,7 +224,7 @@ def test_non_default_values_reach_the_deployment(render):
     assert c["imagePullPolicy"] == "Always"
     env = env_of(d)
     assert env["KINFER_RUNTIME_IMAGE"]["value"] == "registry.example/ml/kinfer-runtime:1.2.3"
-    assert env["RUST_LOG"]["value"] == "debug"
+    assert env["KINFER_LOG_LEVEL"]["value"] == "debug"
     assert env["KINFER_LOG_FORMAT"]["value"] == "text"
     assert c["resources"] == NON_DEFAULT["resources"]
     assert pod["nodeSelector"] == NON_DEFAULT["nodeSelector"]
