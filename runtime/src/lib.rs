@@ -1,1 +1,102 @@
+//! kinfer-runtime: serves one ONNX model over the Open Inference Protocol v2, KServe V1 and
+//! `/predict`, with health, readiness and Prometheus metrics on one port.
 
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod onnx_labels;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod tensor;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use config::Config;
+use metrics::Metrics;
+use server::AppState;
+
+/// A start-up failure that ends the process, with the message users see.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+/// Fetches, loads and warms up the model, then starts the inference threads and marks the
+/// state ready. Any error is fatal.
+pub async fn load_model(
+    cfg: &Config,
+    state: &Arc<AppState>,
+    env: Arc<ort::environment::Environment>,
+) -> Result<(), Fatal> {
+    let t0 = Instant::now();
+    let opts = store::FetchOptions {
+        cache_dir: cfg.cache_dir.clone(),
+        expected_sha256: cfg.model_sha256.clone().filter(|s| !s.is_empty()),
+        attempts: cfg.download_attempts,
+        path_style: store::path_style_from_env(),
+        initial_backoff: Duration::from_millis(500),
+    };
+    let path = store::fetch(&cfg.model_uri, &opts).await.map_err(|e| Fatal(e.message))?;
+    tracing::info!(uri = %cfg.model_uri, path = %path.display(), elapsed_ms = t0.elapsed().as_millis() as u64, "model fetched");
+
+    let sessions_wanted = cfg.sessions.unwrap_or(1).max(1);
+    let intra = (cfg.intra_threads() / sessions_wanted).max(1);
+    let (name, version, uri) = (state.name.clone(), state.version.clone(), cfg.model_uri.clone());
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, Fatal> {
+        let bytes =
+            std::fs::read(&path).map_err(|e| Fatal(format!("cannot read model file {}: {e}", path.display())))?;
+        let so = model::SessionOptions { intra_threads: intra };
+        let mut sessions = Vec::with_capacity(sessions_wanted);
+        for _ in 0..sessions_wanted {
+            sessions.push(model::build_session(&env, &uri, &bytes, so).map_err(|e| Fatal(e.to_string()))?);
+        }
+        let info = model::model_info(&sessions[0], &name, &version, &bytes).map_err(|e| Fatal(e.to_string()))?;
+        let warm = model::warmup_inputs(&info);
+        for s in sessions.iter_mut() {
+            model::run(s, &info, &warm).map_err(|e| Fatal(format!("warm-up inference failed: {e}")))?;
+        }
+        Ok((sessions, info))
+    })
+    .await
+    .map_err(|e| Fatal(format!("model loading thread failed: {e}")))??;
+    let (sessions, info) = loaded;
+    let info = Arc::new(info);
+    let hist = metrics::ModelHistograms::new(&state.metrics, &info.name);
+    let batch = engine::BatchConfig {
+        max_batch_size: cfg.max_batch_size.max(1),
+        max_delay: Duration::from_micros(cfg.max_batch_delay_us),
+    };
+    let engine = engine::Engine::start(sessions, info.clone(), batch, cfg.queue_capacity(), hist)
+        .map_err(|e| Fatal(format!("cannot start inference threads: {e}")))?;
+    if cfg.max_batch_size > 1 && !engine.batching() {
+        tracing::warn!(
+            "dynamic batching requested but the model's inputs have no dynamic batch dimension; serving requests one by one"
+        );
+    }
+    let elapsed = t0.elapsed();
+    state.metrics.model_load_duration.set(elapsed.as_secs_f64());
+    tracing::info!(
+        model = %info.name, version = %info.version,
+        inputs = ?info.inputs.iter().map(|s| format!("{}:{}{:?}", s.name, s.datatype, s.shape)).collect::<Vec<_>>(),
+        outputs = ?info.outputs.iter().map(|s| format!("{}:{}{:?}", s.name, s.datatype, s.shape)).collect::<Vec<_>>(),
+        batching = engine.batching(), load_ms = elapsed.as_millis() as u64, "model ready");
+    server::set_ready(state, engine, &info);
+    Ok(())
+}
+
+/// Writes the fatal message where Kubernetes reads it (when that file exists).
+pub fn write_termination_log(cfg: &Config, message: &str) {
+    let path = &cfg.termination_log;
+    if path.exists() {
+        let _ = std::fs::write(path, message);
+    }
+}
+
+pub fn new_metrics() -> Result<Arc<Metrics>, Fatal> {
+    Metrics::new().map(Arc::new).map_err(|e| Fatal(format!("cannot create metrics: {e}")))
+}

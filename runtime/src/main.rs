@@ -1,1 +1,113 @@
-fn main() {}
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use clap::Parser;
+use kinfer_runtime::{
+    Fatal,
+    config::{Config, LogFormat},
+    load_model, model, new_metrics,
+    protocol::Limits,
+    server, write_termination_log,
+};
+use tokio::net::TcpListener;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KINFER_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Logs the fatal error, writes it to the termination log, and exits 1.
+fn die(cfg: &Config, e: &Fatal) -> ! {
+    tracing::error!(error = %e, "fatal start-up error");
+    eprintln!("kinfer-runtime: {e}");
+    write_termination_log(cfg, &e.to_string());
+    std::process::exit(1);
+}
+
+fn main() {
+    let cfg = Config::parse();
+    init_logging(cfg.log_format);
+    // The library is checked before anything else: a missing one is one clear line.
+    let env = match model::init_onnxruntime() {
+        Ok(env) => Arc::new(env),
+        Err(e) => die(&cfg, &Fatal(e.to_string())),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => die(&cfg, &Fatal(format!("cannot start the async runtime: {e}"))),
+    };
+    if let Err(e) = rt.block_on(run(cfg.clone(), env)) {
+        die(&cfg, &e);
+    }
+}
+
+async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(), Fatal> {
+    let metrics = new_metrics()?;
+    let state = server::new_state(
+        cfg.served_name(),
+        cfg.model_version.clone(),
+        metrics,
+        Limits { max_rows: cfg.max_rows.max(1) },
+        Duration::from_millis(cfg.request_timeout_ms.max(1)),
+        cfg.max_body_bytes,
+    );
+    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
+        .parse()
+        .or_else(|_| format!("[{}]:{}", cfg.host, cfg.port).parse())
+        .map_err(|_| Fatal(format!("invalid listen address {}:{}", cfg.host, cfg.port)))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| Fatal(format!("cannot listen on {addr}: {e}")))?;
+    tracing::info!(%addr, model = %state.name, uri = %cfg.model_uri, "listening (live; loading the model)");
+
+    // Live at once; ready once the model has loaded and a warm-up inference succeeded.
+    let loader_state = state.clone();
+    let loader_cfg = cfg.clone();
+    tokio::spawn(async move {
+        if let Err(e) = load_model(&loader_cfg, &loader_state, env).await {
+            die(&loader_cfg, &e);
+        }
+    });
+
+    let shutdown_state = state.clone();
+    let delay = Duration::from_secs(cfg.shutdown_delay_seconds);
+    let app = server::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Readiness turns false at once; in-flight and already-routed requests still finish.
+            shutdown_state.shutting_down.store(true, Ordering::Release);
+            shutdown_state.metrics.model_ready.reset();
+            tracing::info!(delay_s = delay.as_secs(), "SIGTERM: not ready; draining");
+            tokio::time::sleep(delay).await;
+        })
+        .await
+        .map_err(|e| Fatal(format!("server error: {e}")))?;
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,159 @@
+//! Command-line flags with environment fallbacks: the operator↔runtime contract of DESIGN.md.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// kinfer-runtime: serves one ONNX model over the Open Inference Protocol v2, KServe V1 and /predict.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kinfer-runtime", version, about)]
+pub struct Config {
+    /// Model location: s3://bucket/key, file:///path, a plain path, or http(s)://...
+    #[arg(long, env = "KINFER_MODEL_URI")]
+    pub model_uri: String,
+
+    /// Name the model is served under (default: the file stem of the URI).
+    #[arg(long, env = "KINFER_MODEL_NAME")]
+    pub model_name: Option<String>,
+
+    /// Model version label.
+    #[arg(long, env = "KINFER_MODEL_VERSION", default_value = "1")]
+    pub model_version: String,
+
+    /// Expected sha256 (hex) of the model file; the download is refused when it differs.
+    #[arg(long, env = "KINFER_MODEL_SHA256")]
+    pub model_sha256: Option<String>,
+
+    /// Address to bind.
+    #[arg(long, env = "KINFER_HTTP_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// HTTP port for every protocol, health and metrics.
+    #[arg(long, env = "KINFER_HTTP_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// ONNX Runtime intra-op threads per session (default: the CPUs this process may use).
+    #[arg(long, env = "KINFER_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Number of ONNX Runtime sessions (each on its own inference thread) serving requests
+    /// concurrently. Default: 1.
+    #[arg(long, env = "KINFER_SESSIONS")]
+    pub sessions: Option<usize>,
+
+    /// Dynamic batching: merge concurrent requests into one run of up to this many rows (1 = off).
+    #[arg(long, env = "KINFER_MAX_BATCH_SIZE", default_value_t = 1)]
+    pub max_batch_size: usize,
+
+    /// Dynamic batching: longest extra wait for more requests once one is queued, in microseconds.
+    #[arg(long, env = "KINFER_MAX_BATCH_DELAY_US", default_value_t = 0)]
+    pub max_batch_delay_us: u64,
+
+    /// Request/response log destination (s3://bucket/prefix/); off when unset.
+    #[arg(long, env = "KINFER_LOG_URI")]
+    pub log_uri: Option<String>,
+
+    /// Fraction of requests written to the request log (0.0–1.0).
+    #[arg(long, env = "KINFER_LOG_SAMPLE_RATE", default_value_t = 1.0)]
+    pub log_sample_rate: f64,
+
+    /// Directory where downloaded models are cached.
+    #[arg(long, env = "KINFER_CACHE_DIR", default_value = "/tmp/kinfer-cache")]
+    pub cache_dir: PathBuf,
+
+    /// Largest request body accepted, in bytes (larger → 413 PAYLOAD_TOO_LARGE).
+    #[arg(long, env = "KINFER_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most rows accepted in one request on any protocol (larger → 400 naming the limit).
+    #[arg(long, env = "KINFER_MAX_BATCH_ROWS", default_value_t = 1000)]
+    pub max_rows: usize,
+
+    /// Server-side deadline for one inference request, in milliseconds (a client's `timeout_ms`
+    /// may only shorten it); past it → 504 INFERENCE_TIMEOUT.
+    #[arg(long, env = "KINFER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Requests that may wait for an inference thread; beyond it → 429 RATE_LIMITED at once.
+    #[arg(long, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+
+    /// Attempts for a model download before giving up on transient errors.
+    #[arg(long, env = "KINFER_DOWNLOAD_ATTEMPTS", default_value_t = 5)]
+    pub download_attempts: u32,
+
+    /// Path written with the fatal error message at start-up failure (Kubernetes shows it).
+    #[arg(long, env = "KINFER_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+
+    /// Seconds to keep serving after SIGTERM (readiness already false) before draining.
+    #[arg(long, env = "KINFER_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "KINFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Config {
+    /// The served model name: the flag, or the file stem of the URI ("model" when it has none).
+    pub fn served_name(&self) -> String {
+        if let Some(n) = self.model_name.as_deref().filter(|n| !n.is_empty()) {
+            return n.to_string();
+        }
+        let path = self.model_uri.split(['?', '#']).next().unwrap_or_default();
+        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        let stem = last.split('.').next().unwrap_or_default();
+        if stem.is_empty() { "model".to_string() } else { stem.to_string() }
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity.max(1)
+    }
+
+    /// Intra-op threads per session.
+    pub fn intra_threads(&self) -> usize {
+        self.threads.filter(|t| *t > 0).unwrap_or_else(available_cpus)
+    }
+}
+
+/// CPUs this process may use (cgroup quota aware through std).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(uri: &str, name: Option<&str>) -> Config {
+        let mut args = vec!["kinfer-runtime", "--model-uri", uri];
+        if let Some(n) = name {
+            args.extend(["--model-name", n]);
+        }
+        Config::parse_from(args)
+    }
+
+    #[test]
+    fn served_name_defaults_to_the_file_stem() {
+        assert_eq!(cfg("s3://b/fraud/3/fraud.onnx", None).served_name(), "fraud");
+        assert_eq!(cfg("/tmp/iris.onnx", None).served_name(), "iris");
+        assert_eq!(cfg("https://h/m/model.onnx?x=1", None).served_name(), "model");
+        assert_eq!(cfg("/tmp/iris.onnx", Some("flowers")).served_name(), "flowers");
+    }
+
+    #[test]
+    fn contract_defaults() {
+        let c = cfg("/m.onnx", None);
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.model_version, "1");
+        assert_eq!(c.max_batch_size, 1);
+        assert!(c.log_uri.is_none());
+    }
+}

@@ -1,0 +1,277 @@
+//! Inference threads. Each ONNX Runtime session is owned by one dedicated OS thread that takes
+//! jobs from a bounded queue, so inference never runs on the async workers. With dynamic batching
+//! on, a thread merges the queued requests whose non-batch dimensions match into one session run
+//! (up to `max_batch_size` rows, waiting at most `max_delay` for more), then splits the outputs back;
+//! a merged run that fails is retried request by request so errors stay per request.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use ort::session::Session;
+use tokio::sync::oneshot;
+
+use crate::{
+    error::{ApiError, ErrorCode},
+    metrics::ModelHistograms,
+    model::{self, ModelInfo},
+    tensor::{Tensor, TensorData},
+};
+
+/// Dynamic batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch_size: usize,
+    pub max_delay: Duration,
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    /// Rows along the batch dimension (when the request can be merged with others).
+    rows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<Tensor>, ApiError>>,
+}
+
+/// Handle to the inference threads.
+pub struct Engine {
+    tx: Sender<Job>,
+    pub info: Arc<ModelInfo>,
+    batching: bool,
+}
+
+impl Engine {
+    /// Starts one thread per session. `queue` bounds the jobs waiting for a thread.
+    pub fn start(
+        sessions: Vec<Session>,
+        info: Arc<ModelInfo>,
+        batch: BatchConfig,
+        queue: usize,
+        hist: ModelHistograms,
+    ) -> std::io::Result<Engine> {
+        let batching = batch.max_batch_size > 1 && info.has_dynamic_batch();
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue.max(1));
+        for (i, session) in sessions.into_iter().enumerate() {
+            let worker = Worker { session, info: info.clone(), rx: rx.clone(), batch, batching, hist: hist.clone() };
+            std::thread::Builder::new().name(format!("kinfer-infer-{i}")).spawn(move || worker.run())?;
+        }
+        Ok(Engine { tx, info, batching })
+    }
+
+    pub fn batching(&self) -> bool {
+        self.batching
+    }
+
+    /// Runs inference on inputs in the model's input order.
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {
+        let rows = inputs.first().and_then(|t| t.shape.first()).map(|d| (*d).max(0) as usize).unwrap_or(1);
+        let (reply, rx) = oneshot::channel();
+        let job = Job { inputs, rows, enqueued: Instant::now(), reply };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ApiError::new(ErrorCode::RateLimited, "the inference queue is full; retry later"));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ApiError::not_ready("the inference threads have stopped"));
+            }
+        }
+        rx.await.map_err(|_| ApiError::internal("the inference thread dropped the request"))?
+    }
+}
+
+struct Worker {
+    session: Session,
+    info: Arc<ModelInfo>,
+    rx: Receiver<Job>,
+    batch: BatchConfig,
+    batching: bool,
+    hist: ModelHistograms,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(j) => j,
+                None => match self.rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            if !self.batching || first.rows >= self.batch.max_batch_size {
+                self.run_one(first);
+                continue;
+            }
+            let deadline = first.enqueued + self.batch.max_delay;
+            let mut rows = first.rows;
+            let mut jobs = vec![first];
+            while rows < self.batch.max_batch_size {
+                let next = match self.rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) if self.batch.max_delay.is_zero() => break,
+                    Err(_) => match self.rx.recv_deadline(deadline) {
+                        Ok(j) => j,
+                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                };
+                if rows + next.rows <= self.batch.max_batch_size && compatible(&jobs[0].inputs, &next.inputs) {
+                    rows += next.rows;
+                    jobs.push(next);
+                } else {
+                    carry = Some(next);
+                    break;
+                }
+            }
+            if jobs.len() == 1 {
+                if let Some(j) = jobs.pop() {
+                    self.run_one(j);
+                }
+            } else {
+                self.run_batch(jobs, rows);
+            }
+        }
+    }
+
+    fn timed_run(&mut self, inputs: &[Tensor], rows: usize) -> Result<Vec<Tensor>, String> {
+        let start = Instant::now();
+        let out = model::run(&mut self.session, &self.info, inputs);
+        self.hist.inference.observe(start.elapsed().as_secs_f64());
+        self.hist.batch.observe(rows as f64);
+        out
+    }
+
+    fn run_one(&mut self, job: Job) {
+        if job.reply.is_closed() {
+            return; // the client went away while queued
+        }
+        self.hist.queue.observe(job.enqueued.elapsed().as_secs_f64());
+        let out = self.timed_run(&job.inputs, job.rows).map_err(inference_error);
+        let _ = job.reply.send(out);
+    }
+
+    fn run_batch(&mut self, jobs: Vec<Job>, rows: usize) {
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        if jobs.len() <= 1 {
+            jobs.into_iter().for_each(|j| self.run_one(j));
+            return;
+        }
+        let now = Instant::now();
+        for j in &jobs {
+            self.hist.queue.observe(now.duration_since(j.enqueued).as_secs_f64());
+        }
+        let merged = merge(&jobs, rows);
+        let outputs = self.timed_run(&merged, rows);
+        let split = outputs.ok().and_then(|outs| split(&outs, &jobs));
+        match split {
+            Some(parts) => {
+                for (job, part) in jobs.into_iter().zip(parts) {
+                    let _ = job.reply.send(Ok(part));
+                }
+            }
+            None => {
+                // Run each on its own: a bad request must not fail its neighbours.
+                for job in jobs {
+                    let out = self.timed_run(&job.inputs, job.rows).map_err(inference_error);
+                    let _ = job.reply.send(out);
+                }
+            }
+        }
+    }
+}
+
+fn inference_error(message: String) -> ApiError {
+    // ONNX Runtime rejects values the model cannot take (e.g. an index out of range) at run time.
+    ApiError::invalid(format!("inference failed: {message}"))
+}
+
+/// Requests can share a run when every input has the same datatype and non-batch dimensions.
+fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.datatype() == y.datatype()
+                && x.shape.len() == y.shape.len()
+                && x.shape[1..] == y.shape[1..]
+        })
+}
+
+fn merge(jobs: &[Job], rows: usize) -> Vec<Tensor> {
+    let first = &jobs[0].inputs;
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let total: usize = jobs.iter().map(|j| j.inputs[i].data.len()).sum();
+            let mut data = TensorData::empty(t.datatype(), total);
+            for j in jobs {
+                data.extend_from(&j.inputs[i].data);
+            }
+            let mut shape = t.shape.clone();
+            shape[0] = rows as i64;
+            Tensor { name: t.name.clone(), shape, data }
+        })
+        .collect()
+}
+
+/// Splits merged outputs back by each job's rows; `None` when an output has no matching batch dim.
+fn split(outputs: &[Tensor], jobs: &[Job]) -> Option<Vec<Vec<Tensor>>> {
+    let total: usize = jobs.iter().map(|j| j.rows).sum();
+    let mut parts: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for out in outputs {
+        if out.shape.first().copied() != Some(total as i64) || total == 0 {
+            return None;
+        }
+        let per_row = out.data.len() / total;
+        let mut start = 0;
+        for (job, part) in jobs.iter().zip(parts.iter_mut()) {
+            let end = start + job.rows * per_row;
+            let mut shape = out.shape.clone();
+            shape[0] = job.rows as i64;
+            part.push(Tensor { name: out.name.clone(), shape, data: out.data.slice(start, end) });
+            start = end;
+        }
+    }
+    Some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(rows: usize, cols: usize, v: f32) -> Tensor {
+        Tensor { name: "x".into(), shape: vec![rows as i64, cols as i64], data: TensorData::F32(vec![v; rows * cols]) }
+    }
+
+    fn job(inputs: Vec<Tensor>) -> Job {
+        let rows = inputs[0].shape[0] as usize;
+        Job { inputs, rows, enqueued: Instant::now(), reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn only_matching_trailing_dims_merge() {
+        assert!(compatible(&[t(1, 4, 0.0)], &[t(3, 4, 1.0)]));
+        assert!(!compatible(&[t(1, 4, 0.0)], &[t(1, 5, 0.0)]));
+        let mut other = t(1, 4, 0.0);
+        other.data = TensorData::F64(vec![0.0; 4]);
+        assert!(!compatible(&[t(1, 4, 0.0)], &[other]));
+    }
+
+    #[test]
+    fn merge_then_split_returns_each_request_its_rows() {
+        let jobs = vec![job(vec![t(1, 2, 1.0)]), job(vec![t(2, 2, 2.0)])];
+        let merged = merge(&jobs, 3);
+        assert_eq!(merged[0].shape, vec![3, 2]);
+        assert_eq!(merged[0].data, TensorData::F32(vec![1.0, 1.0, 2.0, 2.0, 2.0, 2.0]));
+        let out = Tensor { name: "y".into(), shape: vec![3], data: TensorData::I64(vec![7, 8, 9]) };
+        let parts = split(&[out], &jobs).unwrap();
+        assert_eq!(parts[0][0].data, TensorData::I64(vec![7]));
+        assert_eq!(parts[1][0].data, TensorData::I64(vec![8, 9]));
+        assert_eq!(parts[1][0].shape, vec![2]);
+        let no_batch = Tensor { name: "z".into(), shape: vec![1], data: TensorData::F32(vec![0.0]) };
+        assert!(split(&[no_batch], &jobs).is_none());
+    }
+}

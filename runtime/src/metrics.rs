@@ -1,0 +1,113 @@
+//! Prometheus metrics of the runtime (`GET /metrics`, text format).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 50 µs to 10 s: the hot path is tens of microseconds.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub inference_duration: HistogramVec,
+    pub queue_duration: HistogramVec,
+    pub batch_size: HistogramVec,
+    pub in_flight: IntGauge,
+    pub model_load_duration: Gauge,
+    pub model_ready: GaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("kinfer_requests_total", "Inference requests by model, protocol and HTTP status code"),
+            &["model", "protocol", "code"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("kinfer_request_duration_seconds", "Inference request latency, body read to response")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "protocol"],
+        )?;
+        let inference_duration = HistogramVec::new(
+            HistogramOpts::new("kinfer_inference_duration_seconds", "ONNX Runtime session run time per batch")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )?;
+        let queue_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kinfer_queue_duration_seconds",
+                "Time a request waited for an inference thread (includes the batching delay)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )?;
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("kinfer_batch_size", "Rows per session run (dynamic batching merges requests)")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            &["model"],
+        )?;
+        let in_flight = IntGauge::new("kinfer_requests_in_flight", "Inference requests being served")?;
+        let model_load_duration =
+            Gauge::new("kinfer_model_load_duration_seconds", "Time to fetch, load and warm up the model")?;
+        let model_ready = GaugeVec::new(
+            Opts::new("kinfer_model_ready", "1 when the model is loaded and warmed up"),
+            &["model", "version"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(inference_duration.clone()))?;
+        registry.register(Box::new(queue_duration.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(model_load_duration.clone()))?;
+        registry.register(Box::new(model_ready.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            inference_duration,
+            queue_duration,
+            batch_size,
+            in_flight,
+            model_load_duration,
+            model_ready,
+        })
+    }
+
+    /// Registers an extra collector (the request log adds its own).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// A histogram handle resolved once for the served model (label lookups are off the hot path).
+#[derive(Clone)]
+pub struct ModelHistograms {
+    pub inference: Histogram,
+    pub queue: Histogram,
+    pub batch: Histogram,
+}
+
+impl ModelHistograms {
+    pub fn new(m: &Metrics, model: &str) -> ModelHistograms {
+        ModelHistograms {
+            inference: m.inference_duration.with_label_values(&[model]),
+            queue: m.queue_duration.with_label_values(&[model]),
+            batch: m.batch_size.with_label_values(&[model]),
+        }
+    }
+}

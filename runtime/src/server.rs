@@ -1,0 +1,396 @@
+//! The HTTP server: one port for the Open Inference Protocol v2, KServe V1, `/predict`, health
+//! and `/metrics`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{
+        MatchedPath, Path, Query, Request, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+
+use crate::{
+    engine::Engine,
+    error::{ApiError, ErrorCode},
+    metrics::Metrics,
+    model::ModelInfo,
+    protocol::{Limits, v1, v2},
+    tensor::Tensor,
+};
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub name: String,
+    pub version: String,
+    pub engine: OnceLock<Engine>,
+    pub ready: AtomicBool,
+    pub shutting_down: AtomicBool,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// The served model, if `name` (and `version`, when given) match and it is loaded.
+    fn engine(&self, name: &str, version: Option<&str>) -> Result<&Engine, ApiError> {
+        if name != self.name {
+            return Err(ApiError::not_found(format!("model '{name}' not found; this server serves '{}'", self.name)));
+        }
+        if let Some(v) = version
+            && v != self.version
+        {
+            return Err(ApiError::not_found(format!(
+                "model '{name}' version '{v}' not found; this server serves version '{}'",
+                self.version
+            )));
+        }
+        self.engine.get().ok_or_else(|| ApiError::not_ready(format!("model '{name}' is still loading")))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// The id of the request being served (from `x-request-id`, or generated).
+#[derive(Clone)]
+pub struct RequestId(pub Arc<str>);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(v2_model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(v2_model_metadata))
+        .route("/v2/models/{model}/ready", get(v2_model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(v2_model_ready))
+        .route("/v2/models/{model}/infer", post(v2_infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(v2_infer))
+        .route("/v1/models", get(v1_list))
+        .route("/v1/models/{target}", get(v1_model).post(v1_predict))
+        .route("/predict", post(predict))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn json_value(v: serde_json::Value) -> Response {
+    json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+async fn server_metadata() -> Response {
+    json_value(serde_json::json!({
+        "name": "kinfer-runtime",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+async fn live() -> Response {
+    json_value(serde_json::json!({ "live": true }))
+}
+
+async fn ready(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    if st.is_ready() {
+        Ok(json_value(serde_json::json!({ "ready": true })))
+    } else if st.shutting_down.load(Ordering::Acquire) {
+        Err(ApiError::not_ready("the server is shutting down"))
+    } else {
+        Err(ApiError::not_ready(format!("model '{}' is still loading", st.name)))
+    }
+}
+
+async fn v2_model_metadata(
+    State(st): State<Arc<AppState>>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let engine = st.engine(p.get("model").map_or("", String::as_str), p.get("version").map(String::as_str))?;
+    Ok(json_value(v2::model_metadata(&engine.info)))
+}
+
+async fn v2_model_ready(
+    State(st): State<Arc<AppState>>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let name = p.get("model").map_or("", String::as_str);
+    st.engine(name, p.get("version").map(String::as_str))?;
+    if !st.is_ready() {
+        return Err(ApiError::not_ready(format!("model '{name}' is not ready")));
+    }
+    Ok(json_value(serde_json::json!({ "name": name, "ready": true })))
+}
+
+/// Maps a body rejection (size limit included) to the JSON error.
+fn body_bytes(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body exceeds the limit of {max} bytes (KINFER_MAX_BODY_BYTES)"),
+            )
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {rej}"))
+        }
+    })
+}
+
+/// Runs inference under the request's deadline (client `timeout_ms`, capped by the server's).
+async fn infer(
+    st: &AppState,
+    engine: &Engine,
+    inputs: Vec<Tensor>,
+    timeout_ms: Option<u64>,
+) -> Result<Vec<Tensor>, ApiError> {
+    let deadline = match timeout_ms {
+        Some(ms) => Duration::from_millis(ms).min(st.request_timeout),
+        None => st.request_timeout,
+    };
+    match tokio::time::timeout(deadline, engine.infer(inputs)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InferenceTimeout,
+            format!("inference did not finish within {} ms", deadline.as_millis()),
+        )),
+    }
+}
+
+async fn v2_infer(
+    State(st): State<Arc<AppState>>,
+    Path(p): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let engine = st.engine(p.get("model").map_or("", String::as_str), p.get("version").map(String::as_str))?;
+    let body = body_bytes(body, st.max_body_bytes)?;
+    let header_len = match headers.get(v2::HEADER_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| ApiError::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
+        ),
+        None => None,
+    };
+    let req = v2::decode(&body, header_len, &engine.info, st.limits)?;
+    let outputs = infer(&st, engine, req.inputs, req.timeout_ms).await?;
+    let enc = v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs);
+    let resp = match enc.header_len {
+        None => json(StatusCode::OK, enc.body),
+        Some(n) => {
+            let mut r = (StatusCode::OK, enc.body).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            r.headers_mut().insert(v2::HEADER_LENGTH, HeaderValue::from(n));
+            r
+        }
+    };
+    Ok(resp)
+}
+
+async fn v1_list(State(st): State<Arc<AppState>>) -> Response {
+    json_value(serde_json::json!({ "models": [st.name] }))
+}
+
+async fn v1_model(State(st): State<Arc<AppState>>, Path(target): Path<String>) -> Result<Response, ApiError> {
+    st.engine(&target, None)?;
+    if !st.is_ready() {
+        return Err(ApiError::not_ready(format!("model '{target}' is not ready")));
+    }
+    Ok(json_value(serde_json::json!({ "name": target, "ready": true })))
+}
+
+/// Query parameters of V1 and /predict.
+#[derive(serde::Deserialize, Default)]
+struct PredictQuery {
+    timeout_ms: Option<u64>,
+    threshold: Option<f64>,
+}
+
+async fn v1_predict(
+    State(st): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some((model, verb)) = target.rsplit_once(':') else {
+        return Err(ApiError::not_found(format!(
+            "POST /v1/models/{target} is not an endpoint; use /v1/models/{target}:predict"
+        )));
+    };
+    if verb != "predict" {
+        return Err(ApiError::not_found(format!("':{verb}' is not supported; use /v1/models/{model}:predict")));
+    }
+    let engine = st.engine(model, None)?;
+    let body = body_bytes(body, st.max_body_bytes)?;
+    let inputs = v1::decode(&body, &engine.info, st.limits)?;
+    let n = rows_of(&inputs);
+    let q = query_params(query)?;
+    let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
+    Ok(json(StatusCode::OK, v1::encode_v1(&outputs, n)))
+}
+
+async fn predict(
+    State(st): State<Arc<AppState>>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let engine = st.engine(&st.name, None)?;
+    let body = body_bytes(body, st.max_body_bytes)?;
+    let q = query_params(query)?;
+    if let Some(t) = q.threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(ApiError::invalid(format!("threshold must be between 0 and 1, got {t}")));
+    }
+    let inputs = v1::decode(&body, &engine.info, st.limits)?;
+    let n = rows_of(&inputs);
+    let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
+    let opts = v1::PredictOptions { threshold: q.threshold };
+    Ok(json(StatusCode::OK, v1::encode_predict(&engine.info, &outputs, n, opts)))
+}
+
+fn query_params(q: Result<Query<PredictQuery>, QueryRejection>) -> Result<PredictQuery, ApiError> {
+    q.map(|q| q.0).map_err(|e| ApiError::invalid(format!("invalid query parameters: {}", e.body_text())))
+}
+
+fn rows_of(inputs: &[Tensor]) -> usize {
+    inputs.first().and_then(|t| t.shape.first()).map_or(0, |d| (*d).max(0) as usize)
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut resp = st.metrics.render().into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint {method} {}", uri.path()))
+}
+
+fn protocol_of(path: &str) -> Option<&'static str> {
+    if path.starts_with("/v2/models/") && path.ends_with("/infer") {
+        Some("v2")
+    } else if path.starts_with("/v1/models/{") {
+        Some("v1")
+    } else if path == "/predict" {
+        Some("predict")
+    } else {
+        None
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> Arc<str> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()))
+}
+
+/// Request id, JSON error bodies, metrics and the access log line, for every request.
+async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = request_id(req.headers());
+    let method = req.method().clone();
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let protocol = matched.as_deref().and_then(protocol_of);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    if protocol.is_some() {
+        st.metrics.in_flight.inc();
+    }
+    let path_for_log = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+
+    let status = resp.status();
+    let err = resp.extensions_mut().remove::<ApiError>().or_else(|| {
+        (status == StatusCode::METHOD_NOT_ALLOWED)
+            .then(|| ApiError::invalid(format!("method {method} is not allowed on {path_for_log}")))
+    });
+    if let Some(err) = &err {
+        let mut r = json(err.code.status(), err.body(&id));
+        std::mem::swap(r.extensions_mut(), resp.extensions_mut());
+        resp = r;
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let elapsed = start.elapsed();
+    if let Some(protocol) = protocol {
+        st.metrics.in_flight.dec();
+        let model = if resp.status() == StatusCode::NOT_FOUND { "unknown" } else { st.name.as_str() };
+        let code = resp.status().as_u16().to_string();
+        st.metrics.requests.with_label_values(&[model, protocol, &code]).inc();
+        st.metrics.request_duration.with_label_values(&[model, protocol]).observe(elapsed.as_secs_f64());
+    }
+    let latency_us = elapsed.as_micros() as u64;
+    match &err {
+        Some(e) if e.code == ErrorCode::Internal => tracing::error!(
+            target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
+            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            code = e.code.as_str(), error = %e.message, "request"),
+        Some(e) => tracing::info!(
+            target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
+            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            code = e.code.as_str(), error = %e.message, "request"),
+        None => tracing::info!(
+            target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
+            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            "request"),
+    }
+    resp
+}
+
+/// The state for a model that is about to load.
+pub fn new_state(
+    name: String,
+    version: String,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+) -> Arc<AppState> {
+    Arc::new(AppState {
+        name,
+        version,
+        engine: OnceLock::new(),
+        ready: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
+        metrics,
+        limits,
+        request_timeout,
+        max_body_bytes,
+    })
+}
+
+/// Marks the model loaded and ready.
+pub fn set_ready(st: &AppState, engine: Engine, info: &ModelInfo) {
+    let _ = st.engine.set(engine);
+    st.ready.store(true, Ordering::Release);
+    st.metrics.model_ready.with_label_values(&[&info.name, &info.version]).set(1.0);
+}
