@@ -28,6 +28,7 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -
 fi
 scripts/make-base-images.sh
 
+case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch="$(uname -m)" ;; esac
 # ---- build ------------------------------------------------------------------------------------
 build() { # build <Dockerfile> <tag>
   local extra=()
@@ -40,7 +41,7 @@ build() { # build <Dockerfile> <tag>
   local s st; s=$(date +%s)
   set +e
   podman build --runtime runc --network host "${LIMITS[@]}" "${extra[@]}" \
-    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || true)" \
+    --build-arg TARGETARCH="$arch" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || true)" \
     -f "$1" -t "$2" . 2>&1 | grep --line-buffered -v -E '^\s+(Downloaded|Downloading) ' | sed -u "s/^/  [$1] /"
   st=${PIPESTATUS[0]}
   set -e
