@@ -17,7 +17,13 @@ DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 RUST_IMAGE=docker.io/library/rust:1.95-bookworm
 RUST_VERSION=1.95.0
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# Debian's mirror: the one this machine's apt uses (or DEBIAN_MIRROR).
+host_mirror() {
+  cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' || true
+  grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$2 !~ /security/ {print $2; exit}' || true
+}
+MIRROR="${DEBIAN_MIRROR:-$(host_mirror | head -1)}"
+[ -n "$MIRROR" ] || { echo "make-base-images: set DEBIAN_MIRROR (no Debian mirror in this machine's apt sources)" >&2; exit 1; }
 FORCE="${FORCE:-0}"
 BUILD=(podman build --runtime runc --network host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 
@@ -29,11 +35,13 @@ if want "$DEBIAN_IMAGE"; then
   rootfs="$(mktemp -d /var/tmp/kinfer-rootfs.XXXXXX)"
   trap 'rm -rf "$rootfs"' EXIT
   debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >/dev/null
-  cat >"$rootfs/etc/apt/sources.list" <<LIST
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-LIST
+  # The image's apt sources: this machine's (same mirror and suites).
+  if ls /etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then
+    rm -f "$rootfs/etc/apt/sources.list"
+    cp /etc/apt/sources.list.d/*.sources "$rootfs/etc/apt/sources.list.d/"
+  elif [ -f /etc/apt/sources.list ]; then
+    cp /etc/apt/sources.list "$rootfs/etc/apt/sources.list"
+  fi
   # Keep it slim like the official image: no apt lists, caches, docs or man pages.
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
