@@ -66,7 +66,7 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// Most rows accepted in one request on any protocol (larger → 400 naming the limit).
-    #[arg(long, env = "KINFER_MAX_BATCH_ROWS", default_value_t = 1000)]
+    #[arg(long = "max-batch-rows", env = "KINFER_MAX_BATCH_ROWS", default_value_t = 1000)]
     pub max_rows: usize,
 
     /// Server-side deadline for one inference request, in milliseconds (a client's `timeout_ms`

@@ -333,7 +333,9 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
             .then(|| ApiError::invalid(format!("method {method} is not allowed on {path_for_log}")))
     });
     if let Some(err) = &err {
-        let mut r = json(err.code.status(), err.body(&id));
+        // 405 keeps its status (with the INVALID_REQUEST body); everything else uses the code's.
+        let status = if status == StatusCode::METHOD_NOT_ALLOWED { status } else { err.code.status() };
+        let mut r = json(status, err.body(&id));
         std::mem::swap(r.extensions_mut(), resp.extensions_mut());
         resp = r;
     }

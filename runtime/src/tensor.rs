@@ -429,8 +429,9 @@ impl Element for bool {
 /// Records the nested shape seen while flattening, and checks it is rectangular.
 #[derive(Debug, Default)]
 pub struct ShapeTracker {
-    /// Lengths of the arrays at each depth (depth 0 = the outermost array).
-    dims: Vec<usize>,
+    /// Lengths of the arrays at each depth (depth 0 = the outermost array); inner arrays finish
+    /// before outer ones, so slots fill in any order.
+    dims: Vec<Option<usize>>,
     /// Depth at which scalars were found (all scalars must sit at the same depth).
     leaf_depth: Option<usize>,
 }
@@ -439,21 +440,22 @@ impl ShapeTracker {
     /// The shape of the decoded value (empty for a scalar).
     pub fn shape(&self) -> Vec<i64> {
         let depth = self.leaf_depth.unwrap_or(self.dims.len());
-        self.dims.iter().take(depth).map(|d| *d as i64).collect()
+        self.dims.iter().take(depth).map(|d| d.unwrap_or(0) as i64).collect()
     }
 
     fn array(&mut self, depth: usize, len: usize) -> Result<(), DecodeError> {
-        if depth < self.dims.len() {
-            if self.dims[depth] != len {
-                return Err(DecodeError(format!(
-                    "ragged nested array: an array at depth {depth} has {len} elements, another has {}",
-                    self.dims[depth]
-                )));
-            }
-        } else {
-            self.dims.push(len);
+        if self.dims.len() <= depth {
+            self.dims.resize(depth + 1, None);
         }
-        Ok(())
+        match self.dims[depth] {
+            Some(seen) if seen != len => Err(DecodeError(format!(
+                "ragged nested array: an array at depth {depth} has {len} elements, another has {seen}"
+            ))),
+            _ => {
+                self.dims[depth] = Some(len);
+                Ok(())
+            }
+        }
     }
 
     fn leaf(&mut self, depth: usize) -> Result<(), DecodeError> {
@@ -663,6 +665,8 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(sa, vec![4]);
         assert_eq!(sb, vec![2, 2]);
+        let (_, s3) = decode(DataType::F32, "[[[1], [2], [3]], [[4], [5], [6]]]").unwrap();
+        assert_eq!(s3, vec![2, 3, 1]);
     }
 
     #[test]

@@ -278,7 +278,7 @@ mod tests {
         assert!(e.contains("instances[1] has shape [3] but instances[0] has [4]"), "{e}");
         let e = decode(br#"{"instances":[[1,2,"x",4]]}"#, &iris(), LIMITS).unwrap_err().message;
         assert!(e.contains("instances[0] (input 'input'): element 2 is the string \"x\""), "{e}");
-        let e = decode(br#"{"instances":[1,2,3,4]}"#, &iris(), LIMITS).unwrap_err().message;
+        let e = decode(br#"{"instances":[1,2,3]}"#, &iris(), LIMITS).unwrap_err().message;
         assert!(e.contains("must have shape [4]"), "{e}");
         let e =
             decode(br#"{"instances":[[1,2,3,4],[1,2,3,4],[1,2,3,4],[1,2,3,4]]}"#, &iris(), LIMITS).unwrap_err().message;

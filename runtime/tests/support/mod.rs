@@ -1,0 +1,298 @@
+//! Test harness: starts the real `kinfer-runtime` binary on 127.0.0.1 and a real S3-compatible
+//! server, and talks to them over HTTP.
+#![allow(dead_code)]
+
+pub mod s3;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const ACCESS_KEY: &str = "kinfer-test";
+pub const SECRET_KEY: &str = "kinfer-test-secret";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn model_path(name: &str) -> PathBuf {
+    repo().join("examples/models").join(name).join("model.onnx")
+}
+
+/// The expected inputs/outputs committed beside each example model.
+pub fn expected(name: &str) -> Value {
+    let p = repo().join("examples/models").join(name).join("expected.json");
+    serde_json::from_slice(&std::fs::read(&p).expect("expected.json")).expect("expected.json parses")
+}
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH`, or the one `make setup-ort` installs.
+pub fn ort_dylib() -> PathBuf {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let p = repo().join(".tools/onnxruntime/libonnxruntime.so.1.31.1");
+    assert!(p.is_file(), "ONNX Runtime is not installed: run `make setup-ort` (or use `make test`)");
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running kinfer-runtime process.
+pub struct Runtime {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    pub tmp: tempfile::TempDir,
+}
+
+pub struct RuntimeBuilder {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl RuntimeBuilder {
+    pub fn arg(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.args.push(k.into());
+        self.args.push(v.into());
+        self
+    }
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts the process (it is live at once; see `wait_ready`).
+    pub fn spawn(self) -> Runtime {
+        let port = free_port();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinfer-runtime"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .arg("--termination-log")
+            .arg(tmp.path().join("termination-log"))
+            .args(&self.args)
+            .env("ORT_DYLIB_PATH", ort_dylib())
+            .env("KINFER_LOG", "info")
+            // No ambient AWS configuration may leak in: tests name everything they use.
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", tmp.path().join("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", tmp.path().join("no-aws-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn kinfer-runtime");
+        Runtime { child, base: format!("http://127.0.0.1:{port}"), port, tmp }
+    }
+
+    /// Starts the process and waits until it is ready.
+    pub async fn ready(self) -> Runtime {
+        let mut rt = self.spawn();
+        rt.wait_ready(Duration::from_secs(30)).await;
+        rt
+    }
+}
+
+pub fn runtime(model_uri: impl Into<String>) -> RuntimeBuilder {
+    RuntimeBuilder { args: vec!["--model-uri".into(), model_uri.into()], envs: vec![] }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+impl Runtime {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Polls readiness; panics with the process output if it exits or times out.
+    pub async fn wait_ready(&mut self, limit: Duration) {
+        let c = client();
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = c.get(self.url("/v2/health/ready")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let (out, err) = self.output();
+                panic!("kinfer-runtime exited with {status} before ready\nstdout:\n{out}\nstderr:\n{err}");
+            }
+            assert!(start.elapsed() < limit, "kinfer-runtime not ready within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits for the process to exit (it must, within `limit`); returns code, stdout and stderr.
+    pub fn wait_exit(&mut self, limit: Duration) -> (i32, String, String) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let (out, err) = self.output();
+                return (status.code().unwrap_or(-1), out, err);
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let (out, err) = self.output();
+                panic!("kinfer-runtime did not exit within {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&mut self) -> (String, String) {
+        use std::io::Read;
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            let _ = s.read_to_string(&mut err);
+        }
+        (out, err)
+    }
+
+    pub fn termination_log(&self) -> Option<String> {
+        std::fs::read_to_string(self.tmp.path().join("termination-log")).ok()
+    }
+
+    /// Creates the termination-log file so the runtime writes to it (as Kubernetes provides it).
+    pub fn with_termination_log(self) -> Self {
+        let _ = std::fs::write(self.tmp.path().join("termination-log"), "");
+        self
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = client().post(self.url(path)).json(body).send().await.expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.expect("body");
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("non-JSON body ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, v, headers)
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = client()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.expect("body");
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("non-JSON body ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, v, headers)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = client().get(self.url(path)).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        client().get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("text")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real S3 server on 127.0.0.1 with one bucket per directory under its root.
+pub struct S3 {
+    pub root: tempfile::TempDir,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3 {
+    pub async fn start() -> S3 {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (listener, addr) = s3::bind(0).await.expect("bind s3");
+        let path = root.path().to_path_buf();
+        let task = tokio::spawn(async move {
+            let _ = s3::serve(&path, listener, ACCESS_KEY, SECRET_KEY).await;
+        });
+        S3 { root, addr, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Puts a file as `bucket/key` (s3s-fs keeps objects as plain files).
+    pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        let p = self.root.path().join(bucket).join(key);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, bytes).expect("write object");
+    }
+
+    pub fn bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.path().join(bucket)).expect("mkdir bucket");
+    }
+
+    /// A runtime configured for this server with the given credentials.
+    pub fn runtime(&self, uri: &str, access_key: &str, secret_key: &str) -> RuntimeBuilder {
+        runtime(uri)
+            .env("AWS_ENDPOINT_URL_S3", self.endpoint())
+            .env("AWS_ACCESS_KEY_ID", access_key)
+            .env("AWS_SECRET_ACCESS_KEY", secret_key)
+            .env("AWS_REGION", "us-east-1")
+            .env("KINFER_S3_PATH_STYLE", "true")
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Compares two JSON numbers arrays with a relative tolerance (f32 round trips through JSON).
+pub fn assert_close(got: &Value, want: &Value, what: &str) {
+    let g = got.as_array().unwrap_or_else(|| panic!("{what}: not an array: {got}"));
+    let w = want.as_array().unwrap_or_else(|| panic!("{what}: not an array: {want}"));
+    assert_eq!(g.len(), w.len(), "{what}: length");
+    for (i, (a, b)) in g.iter().zip(w).enumerate() {
+        match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{what}[{i}]: got {x}, want {y}")
+            }
+            _ => assert_eq!(a, b, "{what}[{i}]"),
+        }
+    }
+}
