@@ -1,1 +1,204 @@
-fn main() {}
+//! The kinfer-operator binary: flags/env, logging, the health/metrics server, leader
+//! election on a Lease, and the controllers.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use kinfer_operator::{
+    config::{DEFAULT_RUNTIME_IMAGE, OperatorConfig},
+    controller,
+    metrics::Metrics,
+    server::{Health, router},
+};
+use kube::{Client, runtime::events::Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// kinfer-operator: serves InferenceServices (serving.kinfer.dev/v1alpha1) with the kinfer
+/// runtime. Uses the in-cluster config or the current kubeconfig context.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Runtime image for InferenceServices that do not set spec.runtime.image.
+    #[arg(long, env = "KINFER_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
+    runtime_image: String,
+
+    /// Namespaces to watch, comma-separated. Empty: all namespaces.
+    #[arg(long, env = "KINFER_WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    namespaces: Vec<String>,
+
+    /// Cluster DNS domain, used in status.url.
+    #[arg(long, env = "KINFER_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `kinfer_operator=debug,info`).
+    #[arg(long, env = "KINFER_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "KINFER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KINFER_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
+
+    /// Leader election on a coordination.k8s.io Lease, so that several replicas are safe.
+    /// Turn off for local runs: `--leader-election=false`.
+    #[arg(long, env = "KINFER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+
+    /// Name of the Lease.
+    #[arg(long, env = "KINFER_LEASE_NAME", default_value = "kinfer-operator")]
+    lease_name: String,
+
+    /// Namespace of the Lease (the operator's own namespace). Default: the client's default
+    /// namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// Identity in the Lease and in events. Default: the pod name or the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        EnvFilter::try_new(&args.log_level).with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    match args.log_format {
+        LogFormat::Json => {
+            tracing_subscriber::registry().with(filter).with(fmt::layer().json().flatten_event(true)).init()
+        }
+        LogFormat::Text => tracing_subscriber::registry().with(filter).with(fmt::layer()).init(),
+    }
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "kinfer-operator".to_string());
+    let config =
+        OperatorConfig { runtime_image: args.runtime_image.clone(), cluster_domain: args.cluster_domain.clone() };
+    let namespaces: Vec<String> =
+        args.namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    info!(image = %config.runtime_image, ?namespaces, leader_election = args.leader_election, "starting kinfer-operator");
+
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let listener = tokio::net::TcpListener::bind(args.health_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.health_addr))?;
+    info!(addr = %args.health_addr, "serving /healthz, /readyz, /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(health)).await {
+            warn!(error = %e, "health server stopped");
+        }
+    });
+
+    let client =
+        Client::try_default().await.context("no Kubernetes client: neither in-cluster config nor a kubeconfig")?;
+    let reporter = Reporter { controller: "kinfer-operator".into(), instance: Some(identity.clone()) };
+    let run = controller::run(client.clone(), config, namespaces, metrics, reporter);
+
+    if !args.leader_election {
+        ready.store(true, Ordering::Relaxed);
+        return tokio::select! {
+            r = run => r,
+            _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
+        };
+    }
+
+    let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .with_context(|| format!("cannot use Lease {lease_ns}/{}", args.lease_name))?;
+    let (mut leader, lease_task) = manager.watch().await;
+    // A standby replica is ready: it can take over at any moment.
+    ready.store(true, Ordering::Relaxed);
+    info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, "waiting for leadership");
+    tokio::select! {
+        r = async {
+            while !*leader.borrow_and_update() {
+                leader.changed().await.context("lease manager stopped")?;
+            }
+            anyhow::Ok(())
+        } => r?,
+        _ = shutdown_signal() => { info!("shutting down before becoming leader"); return Ok(()); }
+    }
+    info!("became leader, starting controllers");
+
+    let lost = async {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = run => r,
+        _ = lost => Err(anyhow::anyhow!("lost the leader lease; exiting so a standby takes over")),
+        _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
+    };
+    // Closing the channel stops the lease task; release the lease so a standby takes over at
+    // once instead of after the lease duration.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(manager)) => {
+            if let Err(e) = manager.release().await {
+                warn!(error = %e, "failed to release the lease");
+            }
+        }
+        Ok(Err(e)) => warn!(error = %e, "lease manager failed"),
+        Err(e) => warn!(error = %e, "lease task panicked"),
+    }
+    if let Err(e) = &outcome {
+        bail!("{e:#}");
+    }
+    outcome
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,276 @@
+//! The runtime Deployment: the env contract of DESIGN.md, probes, security settings.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+            Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+
+use super::{TEMPLATE_HASH_LABEL, child_meta, labels, selector_labels};
+use crate::validate::{Scaling, ValidatedService};
+
+/// Port the runtime listens on (`KINFER_HTTP_PORT`), named `http`.
+pub const HTTP_PORT: i32 = 8080;
+/// Name of the runtime container.
+pub const CONTAINER_NAME: &str = "runtime";
+/// Where the runtime caches downloaded models (an emptyDir; the root filesystem is read-only).
+pub const CACHE_DIR: &str = "/var/cache/kinfer";
+/// UID/GID of the runtime image's non-root user.
+const RUNTIME_UID: i64 = 65532;
+/// Startup budget: 180 × 5 s = 15 minutes to download and load the model.
+const STARTUP_FAILURE_THRESHOLD: i32 = 180;
+const STARTUP_PERIOD_SECONDS: i32 = 5;
+/// Longer than the startup budget, so a slow download is not reported as a failed rollout.
+const PROGRESS_DEADLINE_SECONDS: i32 = 1200;
+
+/// Builds the Deployment running the runtime image.
+pub fn build_deployment(isvc: &ValidatedService) -> Deployment {
+    let mut template = pod_template(isvc);
+    let hash = pod_template_hash(&template);
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TEMPLATE_HASH_LABEL.into(), hash);
+
+    Deployment {
+        metadata: child_meta(isvc),
+        spec: Some(DeploymentSpec {
+            // With autoscaling the HPA owns `replicas`: leave it out of the apply.
+            replicas: match isvc.scaling {
+                Scaling::Fixed(n) => Some(n),
+                Scaling::Auto(_) => None,
+            },
+            selector: LabelSelector { match_labels: Some(selector_labels(isvc)), ..LabelSelector::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                // Never remove a serving pod before its replacement is ready: a new model that
+                // fails to load leaves the old pods serving.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".into())),
+                }),
+            }),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            revision_history_limit: Some(3),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// FNV-1a of the serialized template: stable across operator runs and Rust versions.
+pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn pod_template(isvc: &ValidatedService) -> PodTemplateSpec {
+    let runtime = isvc.spec.runtime.clone().unwrap_or_default();
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+    ]);
+    let custom_sa = runtime.service_account_name.is_some();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(isvc)),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container(isvc)],
+            service_account_name: runtime.service_account_name,
+            // The runtime never talks to the Kubernetes API; a chosen ServiceAccount may need
+            // its token (IRSA / workload identity), the default one does not.
+            automount_service_account_token: if custom_sa { None } else { Some(false) },
+            enable_service_links: Some(false),
+            image_pull_secrets: runtime.image_pull_secrets,
+            node_selector: runtime.node_selector,
+            tolerations: runtime.tolerations,
+            affinity: runtime.affinity,
+            termination_grace_period_seconds: Some(30),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUNTIME_UID),
+                run_as_group: Some(RUNTIME_UID),
+                fs_group: Some(RUNTIME_UID),
+                seccomp_profile: Some(runtime_default_seccomp()),
+                ..PodSecurityContext::default()
+            }),
+            volumes: Some(vec![empty_dir("model-cache"), empty_dir("tmp")]),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn container(isvc: &ValidatedService) -> Container {
+    let runtime = isvc.spec.runtime.clone().unwrap_or_default();
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(isvc.image.clone()),
+        env: Some(env(isvc, runtime.env.unwrap_or_default())),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Traffic only once the model is loaded and warmed up: never a TCP probe.
+        readiness_probe: Some(http_probe("/v2/health/ready", 5, 3, 2)),
+        // `/v2/health/live` answers as soon as the process runs, so a long download is never
+        // killed by liveness.
+        liveness_probe: Some(http_probe("/v2/health/live", 10, 3, 5)),
+        // Readiness and liveness start once the model is ready; a load that has not finished
+        // in 15 minutes restarts the container.
+        startup_probe: Some(http_probe("/v2/health/ready", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD, 2)),
+        // The runtime drains in-flight requests on SIGTERM; the short sleep lets endpoints
+        // controllers and proxies stop sending new traffic first.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler { sleep: Some(SleepAction { seconds: 5 }), ..LifecycleHandler::default() }),
+            ..Lifecycle::default()
+        }),
+        resources: resources(isvc),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUNTIME_UID),
+            run_as_group: Some(RUNTIME_UID),
+            privileged: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "model-cache".into(), mount_path: CACHE_DIR.into(), ..VolumeMount::default() },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The environment of the operator ↔ runtime contract (DESIGN.md), then the user's extra
+/// variables; a user variable with the name of a contract variable replaces it in place.
+fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
+    let spec = &isvc.spec;
+    let model = &spec.model;
+    let mut env = vec![
+        value("KINFER_MODEL_URI", &model.uri),
+        value("KINFER_MODEL_NAME", &isvc.model_name),
+        value("KINFER_MODEL_VERSION", &model.version),
+    ];
+    if let Some(sha) = &model.sha256 {
+        env.push(value("KINFER_MODEL_SHA256", sha));
+    }
+    env.push(value("KINFER_HTTP_PORT", &HTTP_PORT.to_string()));
+    if let Some(t) = isvc.threads {
+        env.push(value("KINFER_THREADS", &t.to_string()));
+    }
+    env.push(value("KINFER_CACHE_DIR", CACHE_DIR));
+    if let Some(b) = &spec.batching {
+        env.push(value("KINFER_MAX_BATCH_SIZE", &b.max_batch_size.to_string()));
+        env.push(value("KINFER_MAX_BATCH_DELAY_US", &b.max_batch_delay_micros.to_string()));
+    }
+    if let Some(l) = &spec.logging {
+        env.push(value("KINFER_LOG_URI", &l.uri));
+        env.push(value("KINFER_LOG_SAMPLE_RATE", &l.sample_rate.to_string()));
+    }
+    if let Some(s) = &model.storage {
+        if let Some(endpoint) = &s.endpoint {
+            env.push(value("AWS_ENDPOINT_URL_S3", endpoint));
+        }
+        if let Some(region) = &s.region {
+            env.push(value("AWS_REGION", region));
+        }
+        if s.path_style.unwrap_or(s.endpoint.is_some()) {
+            env.push(value("KINFER_S3_PATH_STYLE", "true"));
+        }
+        if let Some(r) = &s.secret_ref {
+            env.push(secret("AWS_ACCESS_KEY_ID", &r.name, &r.access_key_id_key));
+            env.push(secret("AWS_SECRET_ACCESS_KEY", &r.name, &r.secret_access_key_key));
+            if let Some(k) = &r.session_token_key {
+                env.push(secret("AWS_SESSION_TOKEN", &r.name, k));
+            }
+        }
+    }
+    for e in extra {
+        match env.iter_mut().find(|x| x.name == e.name) {
+            Some(slot) => *slot = e,
+            None => env.push(e),
+        }
+    }
+    env
+}
+
+fn value(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+fn secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The spec's resources with the GPU limit added.
+fn resources(isvc: &ValidatedService) -> Option<ResourceRequirements> {
+    let mut r = isvc.spec.resources.clone();
+    if let Some(g) = &isvc.spec.gpus {
+        r.get_or_insert_with(ResourceRequirements::default)
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(g.resource_name.clone(), Quantity(g.count.to_string()));
+    }
+    r
+}
+
+fn http_probe(path: &str, period: i32, failure_threshold: i32, timeout: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(timeout),
+        success_threshold: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
+}

@@ -1,0 +1,304 @@
+//! Builder tests from the YAML fixtures in `tests/fixtures/`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Container, EnvVar, PodSpec},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::*;
+use crate::{
+    config::OperatorConfig,
+    fixtures::fixture,
+    validate::{ValidatedService, validate},
+};
+
+fn valid(name: &str) -> ValidatedService {
+    validate(&fixture(name), &OperatorConfig::default()).expect("fixture is valid")
+}
+
+fn pod_spec(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn container(d: &Deployment) -> &Container {
+    &pod_spec(d).containers[0]
+}
+
+fn env_map(d: &Deployment) -> BTreeMap<String, EnvVar> {
+    container(d).env.iter().flatten().map(|e| (e.name.clone(), e.clone())).collect()
+}
+
+fn env_value(d: &Deployment, name: &str) -> Option<String> {
+    env_map(d).get(name).and_then(|e| e.value.clone())
+}
+
+#[test]
+fn deployment_runs_non_root_with_read_only_root_and_no_capabilities() {
+    let d = build_deployment(&valid("minimal.yaml"));
+    let pod = pod_spec(&d);
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(65532));
+    assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    let sc = container(&d).security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_string()]));
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    // writable cache and /tmp on emptyDirs, cache dir passed to the runtime
+    let mounts: BTreeMap<_, _> =
+        container(&d).volume_mounts.iter().flatten().map(|m| (m.mount_path.clone(), m.name.clone())).collect();
+    assert!(mounts.contains_key(CACHE_DIR) && mounts.contains_key("/tmp"), "{mounts:?}");
+    for v in pod.volumes.iter().flatten() {
+        assert!(v.empty_dir.is_some(), "{v:?}");
+    }
+    assert_eq!(env_value(&d, "KINFER_CACHE_DIR").as_deref(), Some(CACHE_DIR));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(container(&d).termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+}
+
+#[test]
+fn probes_are_http_on_the_health_endpoints_and_startup_allows_slow_downloads() {
+    let d = build_deployment(&valid("minimal.yaml"));
+    let c = container(&d);
+    let get = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let p = p.as_ref().unwrap();
+        assert!(p.tcp_socket.is_none() && p.exec.is_none() && p.grpc.is_none());
+        let h = p.http_get.as_ref().unwrap();
+        assert_eq!(h.port, IntOrString::String("http".into()));
+        h.path.clone().unwrap()
+    };
+    assert_eq!(get(&c.readiness_probe), "/v2/health/ready");
+    assert_eq!(get(&c.liveness_probe), "/v2/health/live");
+    assert_eq!(get(&c.startup_probe), "/v2/health/ready");
+    let s = c.startup_probe.as_ref().unwrap();
+    let budget = s.failure_threshold.unwrap() * s.period_seconds.unwrap();
+    assert!(budget >= 900, "startup budget {budget}s is under 15 minutes");
+    let progress = d.spec.as_ref().unwrap().progress_deadline_seconds.unwrap();
+    assert!(progress > budget, "progress deadline must outlast the startup budget");
+    let port = &c.ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.container_port), (Some("http"), 8080));
+    assert_eq!(c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);
+}
+
+#[test]
+fn rolling_update_keeps_capacity() {
+    let d = build_deployment(&valid("full.yaml"));
+    let spec = d.spec.as_ref().unwrap();
+    let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+    assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(ru.max_surge, Some(IntOrString::String("25%".into())));
+    assert_eq!(spec.replicas, Some(3));
+}
+
+#[test]
+fn minimal_env_follows_the_contract() {
+    let d = build_deployment(&valid("minimal.yaml"));
+    assert_eq!(env_value(&d, "KINFER_MODEL_URI").as_deref(), Some("s3://models/iris/1/model.onnx"));
+    assert_eq!(env_value(&d, "KINFER_MODEL_NAME").as_deref(), Some("iris"));
+    assert_eq!(env_value(&d, "KINFER_MODEL_VERSION").as_deref(), Some("1"));
+    assert_eq!(env_value(&d, "KINFER_HTTP_PORT").as_deref(), Some("8080"));
+    let env = env_map(&d);
+    for absent in [
+        "KINFER_MODEL_SHA256",
+        "KINFER_THREADS",
+        "KINFER_MAX_BATCH_SIZE",
+        "KINFER_LOG_URI",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "KINFER_S3_PATH_STYLE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        assert!(!env.contains_key(absent), "{absent} set without being asked for");
+    }
+    assert_eq!(container(&d).image.as_deref(), Some(crate::config::DEFAULT_RUNTIME_IMAGE));
+}
+
+#[test]
+fn full_env_follows_the_contract_and_credentials_come_only_from_the_secret() {
+    let d = build_deployment(&valid("full.yaml"));
+    let v = |n| env_value(&d, n);
+    assert_eq!(v("KINFER_MODEL_URI").as_deref(), Some("s3://models/fraud/3/model.onnx"));
+    assert_eq!(v("KINFER_MODEL_NAME").as_deref(), Some("fraud-detector"));
+    assert_eq!(
+        v("KINFER_MODEL_SHA256").as_deref(),
+        Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+    );
+    assert_eq!(v("KINFER_THREADS").as_deref(), Some("2"), "1500m limit rounds up to 2");
+    assert_eq!(v("KINFER_MAX_BATCH_SIZE").as_deref(), Some("32"));
+    assert_eq!(v("KINFER_MAX_BATCH_DELAY_US").as_deref(), Some("2000"));
+    assert_eq!(v("KINFER_LOG_URI").as_deref(), Some("s3://inference-logs/fraud/"));
+    assert_eq!(v("KINFER_LOG_SAMPLE_RATE").as_deref(), Some("0.25"));
+    assert_eq!(v("AWS_ENDPOINT_URL_S3").as_deref(), Some("http://minio.storage:9000"));
+    assert_eq!(v("AWS_REGION").as_deref(), Some("us-east-1"));
+    assert_eq!(v("KINFER_S3_PATH_STYLE").as_deref(), Some("true"));
+
+    let env = env_map(&d);
+    for (var, key) in [
+        ("AWS_ACCESS_KEY_ID", "access-key"),
+        ("AWS_SECRET_ACCESS_KEY", "secret-key"),
+        ("AWS_SESSION_TOKEN", "session-token"),
+    ] {
+        let e = &env[var];
+        assert!(e.value.is_none(), "{var} must not be set in clear");
+        let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("s3-creds", key));
+    }
+    // user env: new names appended, a contract name replaced in place (no duplicates)
+    assert_eq!(v("RUST_LOG").as_deref(), Some("debug"));
+    assert_eq!(v("KINFER_MODEL_VERSION").as_deref(), Some("3-hotfix"));
+    let names: Vec<_> = container(&d).env.iter().flatten().map(|e| e.name.clone()).collect();
+    let mut dedup = names.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(names.len(), dedup.len(), "duplicate env names: {names:?}");
+    assert_eq!(names[2], "KINFER_MODEL_VERSION");
+}
+
+#[test]
+fn runtime_overrides_and_gpus_reach_the_pod() {
+    let d = build_deployment(&valid("full.yaml"));
+    let pod = pod_spec(&d);
+    let c = container(&d);
+    assert_eq!(c.image.as_deref(), Some("registry.example.com/kinfer-runtime:dev"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("fraud-runtime"));
+    assert_eq!(pod.automount_service_account_token, None);
+    assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+    assert_eq!(pod.node_selector.as_ref().unwrap()["node.kubernetes.io/instance-type"], "g5.xlarge");
+    assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("nvidia.com/gpu"));
+    assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+    let res = c.resources.as_ref().unwrap();
+    let limits = res.limits.as_ref().unwrap();
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
+    assert_eq!(limits["cpu"].0, "1500m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "512Mi");
+}
+
+#[test]
+fn gpu_resource_name_can_be_overridden() {
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.gpus = Some(crate::crd::GpuSpec { count: 2, resource_name: "amd.com/gpu".into() });
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    let limits = container(&d).resources.as_ref().unwrap().limits.clone().unwrap();
+    assert_eq!(limits["amd.com/gpu"].0, "2");
+    assert!(!limits.contains_key("nvidia.com/gpu"));
+}
+
+#[test]
+fn pods_are_scraped_by_prometheus() {
+    let d = build_deployment(&valid("minimal.yaml"));
+    let meta = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+    let a = meta.annotations.as_ref().unwrap();
+    assert_eq!(a["prometheus.io/scrape"], "true");
+    assert_eq!(a["prometheus.io/port"], "8080");
+    assert_eq!(a["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn every_child_has_owner_reference_and_standard_labels() {
+    let v = valid("autoscaling.yaml");
+    let c = build(&v);
+    let metas = [
+        &c.deployment.metadata,
+        &c.service.metadata,
+        &c.hpa.as_ref().unwrap().metadata,
+        &c.pdb.as_ref().unwrap().metadata,
+    ];
+    for m in metas {
+        assert_eq!(m.name.as_deref(), Some("churn"));
+        assert_eq!(m.namespace.as_deref(), Some("ml"));
+        let owners = m.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        let o = &owners[0];
+        assert_eq!((o.kind.as_str(), o.name.as_str()), ("InferenceService", "churn"));
+        assert_eq!(o.api_version, "serving.kinfer.dev/v1alpha1");
+        assert_eq!(o.controller, Some(true));
+        assert_eq!(o.uid, "0000-uid-isvc");
+        let l = m.labels.as_ref().unwrap();
+        assert_eq!(l["app.kubernetes.io/name"], "kinfer-runtime");
+        assert_eq!(l["app.kubernetes.io/instance"], "churn");
+        assert_eq!(l["app.kubernetes.io/component"], "predictor");
+        assert_eq!(l["app.kubernetes.io/managed-by"], "kinfer-operator");
+        assert_eq!(l["app.kubernetes.io/part-of"], "kinfer");
+        assert_eq!(l[ISVC_LABEL], "churn");
+    }
+    // pods carry the labels the selector and the Service select on
+    let spec = c.deployment.spec.as_ref().unwrap();
+    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v));
+    }
+    for (k, v) in c.service.spec.as_ref().unwrap().selector.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v));
+    }
+}
+
+#[test]
+fn service_maps_port_80_to_the_named_http_port() {
+    let s = build_service(&valid("minimal.yaml"));
+    let spec = s.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let p = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(p.port, 80);
+    assert_eq!(p.target_port, Some(IntOrString::String("http".into())));
+}
+
+#[test]
+fn hpa_exists_only_with_autoscaling_and_owns_replicas() {
+    assert!(build_hpa(&valid("minimal.yaml")).is_none());
+    assert!(build_hpa(&valid("full.yaml")).is_none());
+    let v = valid("autoscaling.yaml");
+    assert_eq!(build_deployment(&v).spec.unwrap().replicas, None, "the HPA owns replicas");
+    let hpa = build_hpa(&v).unwrap();
+    let spec = hpa.spec.unwrap();
+    assert_eq!(spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(spec.scale_target_ref.name, "churn");
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
+    let targets: BTreeMap<String, i32> = spec
+        .metrics
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let r = m.resource.unwrap();
+            (r.name, r.target.average_utilization.unwrap())
+        })
+        .collect();
+    assert_eq!(targets, BTreeMap::from([("cpu".into(), 70), ("memory".into(), 85)]));
+    assert_eq!(spec.behavior.unwrap().scale_down.unwrap().stabilization_window_seconds, Some(120));
+}
+
+#[test]
+fn pdb_exists_only_when_more_than_one_pod_always_runs() {
+    assert!(build_pdb(&valid("minimal.yaml")).is_none(), "1 replica");
+    let pdb = build_pdb(&valid("full.yaml")).expect("3 replicas");
+    let spec = pdb.spec.unwrap();
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
+    assert!(build_pdb(&valid("autoscaling.yaml")).is_some(), "minReplicas 2");
+    let mut isvc = fixture("autoscaling.yaml");
+    isvc.spec.autoscaling.as_mut().unwrap().min_replicas = 1;
+    let v = validate(&isvc, &OperatorConfig::default()).unwrap();
+    assert!(build_pdb(&v).is_none(), "minReplicas 1");
+}
+
+#[test]
+fn template_hash_follows_the_pod_template_not_the_replica_count() {
+    let hash = |isvc: &crate::crd::InferenceService| {
+        let d = build_deployment(&validate(isvc, &OperatorConfig::default()).unwrap());
+        d.spec.unwrap().template.metadata.unwrap().labels.unwrap()[TEMPLATE_HASH_LABEL].clone()
+    };
+    let a = fixture("minimal.yaml");
+    let mut b = a.clone();
+    b.spec.replicas = Some(4);
+    let mut c = a.clone();
+    c.spec.model.uri = "s3://models/iris/2/model.onnx".into();
+    assert_eq!(hash(&a), hash(&a));
+    assert_eq!(hash(&a), hash(&b));
+    assert_ne!(hash(&a), hash(&c));
+}

@@ -1,0 +1,432 @@
+//! The reconciler: validate → build (pure) → apply (server-side apply, force, one field
+//! manager; children no longer wanted are deleted) → status (computed from what the children
+//! report, patched only when it changed).
+//!
+//! Children carry a controller owner reference, so deleting an InferenceService
+//! garbage-collects them; no finalizer is needed because nothing lives outside Kubernetes.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{Pod, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Client, Resource, ResourceExt,
+    api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{debug, info, warn};
+
+use crate::{
+    build::{Children, ISVC_LABEL, MANAGED_BY, TEMPLATE_HASH_LABEL, build},
+    config::{FIELD_MANAGER, OperatorConfig},
+    crd::{InferenceService, InferenceServiceStatus},
+    error::{Error, Result, is_rejection},
+    metrics::Metrics,
+    status::{READY, Rollout, compute_status, invalid_status, is_rolled_out, rollout, same_ignoring_time},
+    validate::{ValidatedService, validate},
+};
+
+/// Requeue while a rollout is under way: a crash-looping pod does not change the
+/// Deployment, so the watch alone would not notice it.
+const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
+/// Periodic resync of settled resources.
+const RESYNC: Duration = Duration::from_secs(600);
+/// Transient errors back off from this...
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// ...up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What every reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Operator settings.
+    pub config: OperatorConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive transient failures per `namespace/name`, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Creates a context.
+    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>, reporter: Reporter) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failure_count(&self, key: &str, bump: bool) -> u32 {
+        let Ok(mut f) = self.failures.lock() else {
+            return 0;
+        };
+        if bump {
+            let n = f.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            f.remove(key);
+            0
+        }
+    }
+
+    async fn publish(&self, isvc: &InferenceService, type_: EventType, reason: &str, note: String) {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {
+            warn!(error = %e, "failed to publish event");
+        }
+    }
+}
+
+fn key(isvc: &InferenceService) -> String {
+    format!("{}/{}", isvc.namespace().unwrap_or_default(), isvc.name_any())
+}
+
+/// Reconciles one InferenceService.
+pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let result = reconcile_inner(&isvc, &ctx).await;
+    if result.is_ok() {
+        ctx.failure_count(&key(&isvc), false);
+    }
+    result
+}
+
+async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Action> {
+    let ns = isvc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let isvcs: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let valid = match validate(isvc, &ctx.config) {
+        Ok(v) => v,
+        Err(message) => {
+            refuse(isvc, &isvcs, ctx, &message).await?;
+            return Err(Error::InvalidSpec(message));
+        }
+    };
+
+    let applied = match apply(&ctx.client, &valid, build(&valid)).await {
+        Ok(a) => a,
+        Err(e @ Error::Rejected { .. }) => {
+            refuse(isvc, &isvcs, ctx, &e.to_string()).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+
+    let rollout = if is_rolled_out(&applied.deployment) {
+        rollout(&applied.deployment, &[])
+    } else {
+        let pods = current_pods(&ctx.client, &valid, &applied.deployment).await?;
+        rollout(&applied.deployment, &pods)
+    };
+    let status = compute_status(isvc, &valid, &ctx.config, &applied.deployment, &rollout, Timestamp::now());
+    let old = isvc.status.clone().unwrap_or_default();
+    patch_status_if_changed(&isvcs, isvc, &old, &status).await?;
+
+    // Events: applied children for a new generation, deletions, and transitions of Ready.
+    if old.observed_generation != isvc.metadata.generation {
+        ctx.publish(
+            isvc,
+            EventType::Normal,
+            "Applied",
+            format!("applied {} for generation {}", applied.kinds.join(", "), isvc.metadata.generation.unwrap_or(0)),
+        )
+        .await;
+    }
+    for kind in &applied.deleted {
+        ctx.publish(isvc, EventType::Normal, "Deleted", format!("deleted {kind} {} (no longer wanted)", valid.name))
+            .await;
+    }
+    let old_ready = old.conditions.iter().find(|c| c.type_ == READY);
+    let new_ready = status.conditions.iter().find(|c| c.type_ == READY);
+    if let Some(new) = new_ready {
+        let changed = old_ready.is_none_or(|o| o.status != new.status || o.reason != new.reason);
+        if changed {
+            match &rollout {
+                Rollout::Failed { reason, .. } => {
+                    ctx.publish(isvc, EventType::Warning, reason, new.message.clone()).await;
+                }
+                Rollout::Complete => {
+                    ctx.publish(isvc, EventType::Normal, "Ready", new.message.clone()).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    ctx.metrics.set_managed(&key(isvc), Some(applied.kinds.clone()));
+    debug!(isvc = %key(isvc), ?rollout, "reconciled");
+    Ok(if rollout.in_progress() { Action::requeue(PROGRESS_REQUEUE) } else { Action::requeue(RESYNC) })
+}
+
+/// Records an unservable spec in the status (and an event when that is news).
+async fn refuse(isvc: &InferenceService, isvcs: &Api<InferenceService>, ctx: &Context, message: &str) -> Result<()> {
+    let old = isvc.status.clone().unwrap_or_default();
+    let status = invalid_status(isvc, message, Timestamp::now());
+    if patch_status_if_changed(isvcs, isvc, &old, &status).await? {
+        ctx.publish(isvc, EventType::Warning, "InvalidSpec", message.to_string()).await;
+    }
+    Ok(())
+}
+
+/// Patches the status subresource (server-side apply) unless nothing but timestamps changed.
+/// Returns whether a patch was sent.
+async fn patch_status_if_changed(
+    isvcs: &Api<InferenceService>,
+    isvc: &InferenceService,
+    old: &InferenceServiceStatus,
+    new: &InferenceServiceStatus,
+) -> Result<bool> {
+    if isvc.status.is_some() && same_ignoring_time(old, new) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": InferenceService::api_version(&()),
+        "kind": InferenceService::kind(&()),
+        "status": new,
+    });
+    isvcs
+        .patch_status(&isvc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::Status)?;
+    Ok(true)
+}
+
+/// What the apply step leaves for the status step.
+pub struct Applied {
+    /// The Deployment as the API server returned it (with its current status).
+    pub deployment: Deployment,
+    /// Kinds of the children that exist now.
+    pub kinds: Vec<&'static str>,
+    /// Kinds of the children deleted because they are no longer wanted.
+    pub deleted: Vec<&'static str>,
+}
+
+/// Applies every wanted child and deletes the unwanted ones. Order: the Service (the address
+/// exists as soon as possible), the Deployment, then the HPA that targets it, then the PDB.
+pub async fn apply(client: &Client, isvc: &ValidatedService, children: Children) -> Result<Applied> {
+    // Destructured without `..`: a new child kind that is not applied fails to compile.
+    let Children { deployment, service, hpa, pdb } = children;
+    let ns = &isvc.namespace;
+    let mut kinds = vec!["Service", "Deployment"];
+    let mut deleted = Vec::new();
+
+    apply_one(&Api::<Service>::namespaced(client.clone(), ns), &service).await?;
+    let deployment = apply_one(&Api::<Deployment>::namespaced(client.clone(), ns), &deployment).await?;
+
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
+    match hpa {
+        Some(h) => {
+            apply_one(&hpas, &h).await?;
+            kinds.push("HorizontalPodAutoscaler");
+        }
+        None => {
+            if delete_owned(&hpas, isvc).await? {
+                deleted.push("HorizontalPodAutoscaler");
+            }
+        }
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    match pdb {
+        Some(p) => {
+            apply_one(&pdbs, &p).await?;
+            kinds.push("PodDisruptionBudget");
+        }
+        None => {
+            if delete_owned(&pdbs, isvc).await? {
+                deleted.push("PodDisruptionBudget");
+            }
+        }
+    }
+    Ok(Applied { deployment, kinds, deleted })
+}
+
+async fn apply_one<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map_err(|source| {
+        let kind = kind_name::<K>();
+        if is_rejection(&source) { Error::Rejected { kind, name, source } } else { Error::Apply { kind, name, source } }
+    })
+}
+
+/// Deletes the child named like the InferenceService if (and only if) it is controlled by it.
+async fn delete_owned<K>(api: &Api<K>, isvc: &ValidatedService) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let kind = kind_name::<K>();
+    let Some(existing) = api.get_opt(&isvc.name).await.map_err(|source| Error::Read { what: kind, source })? else {
+        return Ok(false);
+    };
+    let ours = existing.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == isvc.owner.uid);
+    if !ours {
+        return Ok(false);
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: existing.uid(), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&isvc.name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+        Err(source) => Err(Error::Delete { kind, name: isvc.name.clone(), source }),
+    }
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        _ => "object",
+    }
+}
+
+/// Pods of the Deployment's current template (found by the template-hash label).
+async fn current_pods(client: &Client, isvc: &ValidatedService, deployment: &Deployment) -> Result<Vec<Pod>> {
+    let hash = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    let selector = format!("{ISVC_LABEL}={},{TEMPLATE_HASH_LABEL}={hash}", isvc.name);
+    let pods = Api::<Pod>::namespaced(client.clone(), &isvc.namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read { what: "pods", source })?;
+    Ok(pods.items)
+}
+
+/// Invalid specs wait for a change; transient errors requeue with exponential backoff.
+pub fn error_policy(isvc: Arc<InferenceService>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error);
+    let key = key(&isvc);
+    if error.is_permanent() {
+        info!(isvc = %key, category = error.category(), %error, "waiting for a spec change");
+        return Action::await_change();
+    }
+    let n = ctx.failure_count(&key, true);
+    let delay = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16))).min(BACKOFF_MAX);
+    warn!(isvc = %key, category = error.category(), %error, ?delay, "reconcile failed, retrying");
+    Action::requeue(delay)
+}
+
+/// Runs one controller per watched namespace (one for the whole cluster when `namespaces`
+/// is empty) until they all stop. Fails early when the CRD is not installed.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    namespaces: Vec<String>,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone(), reporter));
+    let scopes: Vec<Option<String>> =
+        if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
+    let children_cfg = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let mut stores: Vec<Store<InferenceService>> = Vec::new();
+    let mut streams = Vec::new();
+    for scope in scopes {
+        let isvcs: Api<InferenceService> = api_for(&client, scope.as_deref());
+        isvcs.list(&ListParams::default().limit(1)).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot list InferenceServices{} ({e}); is the CRD installed? \
+                     (kubectl apply -f crds/)",
+                scope.as_ref().map(|s| format!(" in {s}")).unwrap_or_default()
+            )
+        })?;
+        let controller = Controller::new(isvcs, watcher::Config::default().any_semantic())
+            .owns(api_for::<Deployment>(&client, scope.as_deref()), children_cfg.clone())
+            .owns(api_for::<Service>(&client, scope.as_deref()), children_cfg.clone())
+            .owns(api_for::<HorizontalPodAutoscaler>(&client, scope.as_deref()), children_cfg.clone())
+            .owns(api_for::<PodDisruptionBudget>(&client, scope.as_deref()), children_cfg.clone())
+            .with_config(controller::Config::default().concurrency(4));
+        stores.push(controller.store());
+        info!(namespace = scope.as_deref().unwrap_or("<all>"), "starting controller");
+        streams.push(
+            controller
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|res| async move {
+                    match res {
+                        Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                        Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                            debug!(object = %obj, error = %e, "reconcile failed")
+                        }
+                        Err(e) => warn!(error = %e, "controller error"),
+                    }
+                })
+                .boxed(),
+        );
+    }
+    let prune: BoxFuture<'static, ()> = Box::pin(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let present: BTreeSet<String> = stores.iter().flat_map(|s| s.state()).map(|o| key(&o)).collect();
+            metrics.retain_managed(&present);
+        }
+    });
+    tokio::select! {
+        _ = futures::future::join_all(streams) => {}
+        _ = prune => {}
+    }
+    Ok(())
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+impl Context {
+    /// A context over a fake API server (see `fixtures`).
+    pub fn test() -> (Arc<Self>, crate::fixtures::ApiServerVerifier) {
+        let (client, verifier) = crate::fixtures::ApiServerVerifier::new();
+        let ctx = Context::new(
+            client,
+            OperatorConfig::default(),
+            Arc::new(Metrics::new()),
+            Reporter { controller: "kinfer-operator".into(), instance: Some("test".into()) },
+        );
+        (Arc::new(ctx), verifier)
+    }
+}

@@ -1,0 +1,661 @@
+//! The `InferenceService` custom resource (`serving.kinfer.dev/v1alpha1`).
+//!
+//! Every field carries a doc comment: it becomes the `description` in the CRD and therefore the
+//! text of `kubectl explain inferenceservice.spec...`. Invariants that can be checked without
+//! looking at other objects are in the schema itself (patterns, bounds, CEL
+//! `x-kubernetes-validations`), so the API server refuses bad manifests with a clear message;
+//! `validate.rs` checks them again (and a few more) in case the installed CRD is older.
+//!
+//! Short name: `kisvc` (`kubectl get kisvc`). KServe already registers `isvc` for its own
+//! `InferenceService`; a different short name keeps both usable when both are installed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "serving.kinfer.dev";
+/// Short name for `kubectl get kisvc`.
+pub const SHORT_NAME: &str = "kisvc";
+
+/// Desired state of an InferenceService: one ONNX model served over HTTP (Open Inference
+/// Protocol v2, KServe V1 and `/predict`) by pods of the generic kinfer-runtime image.
+// NB: clippy reads the repeated `type_ = "string"` of the printer columns as duplicated
+// attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "serving.kinfer.dev",
+    version = "v1alpha1",
+    kind = "InferenceService",
+    namespaced,
+    status = "InferenceServiceStatus",
+    derive = "PartialEq",
+    shortname = "kisvc",
+    category = "kinfer",
+    doc = "InferenceService serves one ONNX model over HTTP with the kinfer runtime. \
+           The operator turns it into a Deployment, a Service, and when wanted a \
+           HorizontalPodAutoscaler and a PodDisruptionBudget.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the current spec is fully rolled out and serving"
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        description = "In-cluster URL of the Service"
+    ),
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".status.modelUri",
+        description = "Model uri currently served by ready pods"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready runtime pods"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(has(self.replicas) && has(self.autoscaling))",
+        "message": "set either spec.replicas or spec.autoscaling, not both"
+    }
+]))]
+pub struct InferenceServiceSpec {
+    /// The model to serve.
+    pub model: ModelSpec,
+
+    /// Fixed number of runtime pods. Mutually exclusive with `autoscaling`; when neither is set
+    /// one pod runs. 0 stops serving but keeps the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+
+    /// Scale the runtime pods with a HorizontalPodAutoscaler (autoscaling/v2) on CPU and
+    /// optionally memory utilisation. Mutually exclusive with `replicas`. Utilisation is measured
+    /// against the pods' requests, so `resources.requests.cpu` (and `.memory` for a memory
+    /// target) must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Dynamic batching: requests arriving close together run as one inference.
+    /// Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingSpec>,
+
+    /// Request/response logging to S3 (JSON lines, written in batches). Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingSpec>,
+
+    /// Compute resources of the runtime container (requests and limits). The CPU limit (or
+    /// request) also sets the number of ONNX Runtime threads unless `runtime.threads` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// GPUs for each runtime pod, added to the container's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<GpuSpec>,
+
+    /// Overrides of the runtime pod: image, threads, extra environment, scheduling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSpec>,
+}
+
+/// Where the model is and how to fetch it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.storage) || self.uri.startsWith('s3://')",
+        "message": "model.storage applies only to s3:// model uris"
+    }
+]))]
+pub struct ModelSpec {
+    /// Location of the ONNX model file: `s3://bucket/key` (AWS S3 or any S3-compatible store,
+    /// see `storage`), `http://…` or `https://…`. The runtime downloads it at start.
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.startsWith('s3://') || self.startsWith('http://') || self.startsWith('https://')",
+            "message": "model.uri must start with s3://, http:// or https:// (file paths only work outside a cluster)"
+        },
+        {
+            "rule": "!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^/].*$')",
+            "message": "model.uri must look like s3://bucket/key/of/model.onnx"
+        }
+    ]))]
+    pub uri: String,
+
+    /// Model format. Only `onnx` is supported.
+    #[serde(default)]
+    pub format: ModelFormat,
+
+    /// Name the model is served under (`/v2/models/{name}`). Defaults to the
+    /// InferenceService's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
+    pub name: Option<String>,
+
+    /// Version label reported by the runtime (`/v2/models/{name}/versions/{version}`).
+    #[serde(default = "default_model_version")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
+    pub version: String,
+
+    /// Expected SHA-256 of the model file (64 lowercase hex digits). The runtime refuses a file
+    /// that does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
+    pub sha256: Option<String>,
+
+    /// S3 settings: endpoint of an S3-compatible store, region, addressing style and the Secret
+    /// holding credentials. Without it the AWS default chain applies (IRSA / web identity
+    /// through `runtime.serviceAccountName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+}
+
+fn default_model_version() -> String {
+    "1".to_string()
+}
+
+/// Model file format.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// ONNX, run with ONNX Runtime.
+    #[default]
+    Onnx,
+}
+
+/// S3 settings for the model (and the request log).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Endpoint of an S3-compatible store such as MinIO or Ceph, e.g.
+    /// `http://minio.storage:9000` (sets `AWS_ENDPOINT_URL_S3`). Unset: AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.startsWith('http://') || self.startsWith('https://')",
+            "message": "storage.endpoint must be an http:// or https:// URL"
+        }
+    ]))]
+    pub endpoint: Option<String>,
+
+    /// Region of the bucket (sets `AWS_REGION`), e.g. `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
+    pub region: Option<String>,
+
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    /// Defaults to true when `endpoint` is set, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+
+    /// Secret in the same namespace holding the access keys. The runtime receives them only as
+    /// `secretKeyRef` environment variables; the operator never reads the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<S3SecretRef>,
+}
+
+/// Reference to a Secret with S3 credentials.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3SecretRef {
+    /// Name of the Secret (same namespace as the InferenceService).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Key of the access key id in the Secret.
+    #[serde(default = "default_access_key_id_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub access_key_id_key: String,
+
+    /// Key of the secret access key in the Secret.
+    #[serde(default = "default_secret_access_key_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub secret_access_key_key: String,
+
+    /// Key of a session token in the Secret, for temporary credentials. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub session_token_key: Option<String>,
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".to_string()
+}
+
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".to_string()
+}
+
+/// Autoscaling of the runtime pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"
+    }
+]))]
+pub struct AutoscalingSpec {
+    /// Fewest pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Target average CPU utilisation in percent of the CPU request.
+    #[serde(rename = "targetCPUUtilization", default = "default_target_cpu")]
+    #[schemars(range(min = 1, max = 500))]
+    pub target_cpu_utilization: i32,
+
+    /// Target average memory utilisation in percent of the memory request. Unset: CPU only.
+    #[serde(rename = "targetMemoryUtilization", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 500))]
+    pub target_memory_utilization: Option<i32>,
+
+    /// How long the autoscaler waits before removing pods after load drops, in seconds.
+    /// Unset: the Kubernetes default (300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_target_cpu() -> i32 {
+    80
+}
+
+/// Dynamic batching settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSpec {
+    /// Largest number of requests run as one batch.
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_batch_size: i32,
+
+    /// Longest time a request waits for others to join its batch, in microseconds.
+    #[serde(default = "default_batch_delay")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_batch_delay_micros: i32,
+}
+
+fn default_batch_delay() -> i32 {
+    1000
+}
+
+/// Request/response logging.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// S3 prefix the log is written under, e.g. `s3://inference-logs/fraud/`. Uses the same
+    /// `model.storage` settings (endpoint, region, credentials) as the model.
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
+            "message": "logging.uri must look like s3://bucket/prefix/"
+        }
+    ]))]
+    pub uri: String,
+
+    /// Fraction of requests logged, from 0 (none) to 1 (all).
+    #[serde(default = "default_sample_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_rate: f64,
+}
+
+fn default_sample_rate() -> f64 {
+    1.0
+}
+
+/// GPUs for each runtime pod.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSpec {
+    /// Number of GPUs per pod (set as the container's limit of `resourceName`).
+    #[schemars(range(min = 1, max = 16))]
+    pub count: i32,
+
+    /// Extended resource name of the GPU device plugin.
+    #[serde(default = "default_gpu_resource")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"))]
+    pub resource_name: String,
+}
+
+fn default_gpu_resource() -> String {
+    "nvidia.com/gpu".to_string()
+}
+
+/// Overrides of the runtime pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// Runtime image. Defaults to the operator's `--runtime-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// ONNX Runtime intra-op threads (`KINFER_THREADS`). Defaults to the CPU limit (or request)
+    /// rounded up; with neither the runtime uses the CPUs it sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub threads: Option<i32>,
+
+    /// Extra environment variables of the runtime container. An entry with the same name as
+    /// one the operator sets replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "env_list_schema")]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// ServiceAccount of the runtime pods (e.g. one bound to an IAM role for S3 access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
+
+    /// Secrets for pulling the runtime image from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
+    /// Node labels the runtime pods must run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of the runtime pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Affinity rules of the runtime pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// `Option<Vec<EnvVar>>` as a list keyed by `name`, so the API server refuses duplicates
+/// (which server-side apply could not merge).
+fn env_list_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Option<Vec<EnvVar>>>();
+    let obj = schema.ensure_object();
+    obj.insert("x-kubernetes-list-type".into(), "map".into());
+    obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["name"]));
+    schema
+}
+
+/// Observed state of an InferenceService, computed from what its children report.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceStatus {
+    /// Standard conditions. `Ready`: the current spec is fully rolled out and every wanted
+    /// pod is ready (while a rollout is under way it keeps its previous status with reason
+    /// `Progressing`). `Progressing`: a rollout is under way (False once complete or failed;
+    /// a failed rollout has reason `ModelFailed` or `RolloutFailed` and the runtime's message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// In-cluster URL of the Service, `http://<name>.<namespace>.svc.cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// Model uri served by the ready pods of the last complete rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_uri: Option<String>,
+
+    /// Runtime pods (all versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Runtime pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Runtime pods running the current spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Conditions as a list keyed by `type` (the Kubernetes convention for `conditions`).
+fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    let obj = schema.ensure_object();
+    obj.insert("x-kubernetes-list-type".into(), "map".into());
+    obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+impl InferenceService {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::Value;
+
+    const COMMITTED: &str = include_str!("../../crds/inferenceservices.serving.kinfer.dev.yaml");
+
+    #[test]
+    fn committed_crd_yaml_is_up_to_date() {
+        let generated = serde_yaml::to_string(&InferenceService::crd()).unwrap();
+        assert!(
+            generated == COMMITTED,
+            "crds/inferenceservices.serving.kinfer.dev.yaml is out of date: run `make crds` \
+             (cargo run -q -p kinfer-operator --bin crdgen > crds/inferenceservices.serving.kinfer.dev.yaml)"
+        );
+    }
+
+    fn schema() -> Value {
+        let crd = serde_json::to_value(InferenceService::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    /// Checks the rules of https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema
+    /// on every node, collecting violations with their JSON path.
+    fn check_structural(node: &Value, path: &str, root: bool, errors: &mut Vec<String>) {
+        let Some(obj) = node.as_object() else {
+            errors.push(format!("{path}: schema is not an object"));
+            return;
+        };
+        let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+        let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        for banned in ["$ref", "$schema", "definitions", "$defs", "const", "examples"] {
+            if obj.contains_key(banned) {
+                errors.push(format!("{path}: has {banned}"));
+            }
+        }
+        match obj.get("type") {
+            Some(Value::String(t)) => {
+                if !["object", "array", "string", "integer", "number", "boolean"].contains(&t.as_str()) {
+                    errors.push(format!("{path}: unknown type {t}"));
+                }
+                if t == "array" && !obj.get("items").is_some_and(Value::is_object) {
+                    errors.push(format!("{path}: array without a single items schema"));
+                }
+            }
+            Some(other) => errors.push(format!("{path}: type must be one string, got {other}")),
+            None if int_or_string || preserve => {}
+            None => errors.push(format!("{path}: no type")),
+        }
+        if root && obj.get("type") != Some(&Value::String("object".into())) {
+            errors.push(format!("{path}: root must be an object"));
+        }
+        if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+            errors.push(format!("{path}: both properties and additionalProperties"));
+        }
+        if obj.contains_key("nullable") && obj.get("type").is_none() && !int_or_string {
+            errors.push(format!("{path}: nullable without type"));
+        }
+        for junctor in ["anyOf", "oneOf", "allOf", "not"] {
+            let Some(branches) = obj.get(junctor) else { continue };
+            let branches: Vec<&Value> = match branches {
+                Value::Array(a) => a.iter().collect(),
+                v => vec![v],
+            };
+            for (i, b) in branches.iter().enumerate() {
+                for forbidden in ["description", "type", "default", "additionalProperties", "nullable"] {
+                    // the int-or-string idiom `anyOf: [{type: integer}, {type: string}]` is the
+                    // one allowed exception
+                    if b.get(forbidden).is_some() && !(int_or_string && forbidden == "type") {
+                        errors.push(format!("{path}.{junctor}[{i}]: {forbidden} inside a junctor"));
+                    }
+                }
+            }
+        }
+        if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+            for (k, v) in props {
+                check_structural(v, &format!("{path}.{k}"), false, errors);
+            }
+        }
+        if let Some(items) = obj.get("items") {
+            check_structural(items, &format!("{path}[]"), false, errors);
+        }
+        if let Some(ap) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+            check_structural(ap, &format!("{path}{{}}"), false, errors);
+        }
+        if obj.get("x-kubernetes-list-type") == Some(&Value::String("map".into())) {
+            let required: Vec<&str> = obj["items"]["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for key in obj["x-kubernetes-list-map-keys"].as_array().into_iter().flatten() {
+                let key = key.as_str().unwrap_or_default();
+                if !required.contains(&key) {
+                    errors.push(format!("{path}: list-map key {key} is not required in items"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crd_schema_is_structural() {
+        let mut errors = Vec::new();
+        check_structural(&schema(), "openAPIV3Schema", true, &mut errors);
+        assert!(errors.is_empty(), "non-structural schema:\n{}", errors.join("\n"));
+    }
+
+    fn rules(node: &Value, out: &mut Vec<(String, String)>) {
+        if let Some(v) = node.get("x-kubernetes-validations").and_then(Value::as_array) {
+            for r in v {
+                out.push((
+                    r["rule"].as_str().unwrap_or_default().to_string(),
+                    r["message"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+        match node {
+            Value::Object(m) => m.values().for_each(|v| rules(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| rules(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn crd_has_cel_rules_with_messages() {
+        let mut found = Vec::new();
+        rules(&schema(), &mut found);
+        for needle in [
+            "set either spec.replicas or spec.autoscaling, not both",
+            "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+            "model.uri must start with s3://, http:// or https://",
+            "model.uri must look like s3://bucket/key",
+            "model.storage applies only to s3:// model uris",
+            "storage.endpoint must be an http:// or https:// URL",
+            "logging.uri must look like s3://bucket/prefix/",
+        ] {
+            assert!(found.iter().any(|(_, m)| m.contains(needle)), "no CEL rule with message {needle:?} in {found:?}");
+        }
+        assert!(found.iter().all(|(r, m)| !r.is_empty() && !m.is_empty()));
+    }
+
+    #[test]
+    fn crd_names_columns_and_subresources() {
+        let crd = InferenceService::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.short_names, Some(vec![SHORT_NAME.to_string()]));
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().unwrap().status.is_some());
+        let columns: Vec<String> =
+            version.additional_printer_columns.iter().flatten().map(|c| c.name.to_uppercase()).collect();
+        for c in ["READY", "URL", "MODEL", "REPLICAS", "AGE"] {
+            assert!(columns.contains(&c.to_string()), "{columns:?}");
+        }
+    }
+
+    #[test]
+    fn every_spec_field_has_a_description() {
+        fn walk(node: &Value, path: &str, missing: &mut Vec<String>) {
+            if let Some(props) = node.get("properties").and_then(Value::as_object) {
+                for (k, v) in props {
+                    let p = format!("{path}.{k}");
+                    if v.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        missing.push(p.clone());
+                    }
+                    walk(v, &p, missing);
+                }
+            }
+            if let Some(items) = node.get("items") {
+                walk(items, path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&schema()["properties"]["spec"], "spec", &mut missing);
+        walk(&schema()["properties"]["status"], "status", &mut missing);
+        assert!(missing.is_empty(), "fields without description: {missing:?}");
+    }
+
+    #[test]
+    fn defaults_apply_when_deserializing() {
+        let isvc: InferenceService = serde_yaml::from_str(
+            "apiVersion: serving.kinfer.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: a}\n\
+             spec:\n  model: {uri: 's3://b/k.onnx', storage: {secretRef: {name: s}}}\n  \
+             autoscaling: {maxReplicas: 3}\n  logging: {uri: 's3://l/'}\n  gpus: {count: 1}\n",
+        )
+        .unwrap();
+        let s = &isvc.spec;
+        assert_eq!(s.model.version, "1");
+        assert_eq!(s.model.format, ModelFormat::Onnx);
+        let r = s.model.storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
+        assert_eq!(r.access_key_id_key, "AWS_ACCESS_KEY_ID");
+        assert_eq!(r.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
+        let a = s.autoscaling.as_ref().unwrap();
+        assert_eq!((a.min_replicas, a.target_cpu_utilization), (1, 80));
+        assert_eq!(s.logging.as_ref().unwrap().sample_rate, 1.0);
+        assert_eq!(s.gpus.as_ref().unwrap().resource_name, "nvidia.com/gpu");
+    }
+}

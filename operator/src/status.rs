@@ -1,0 +1,306 @@
+//! Step 4 of the pipeline: the status, computed from what the children report. Pure.
+//!
+//! `Ready` is True only when the Deployment has observed the current template and has the
+//! wanted number of updated, ready replicas and no old ones. While a rollout is under way
+//! `Ready` keeps its previous status with reason `Progressing`; a failed rollout (pods of the
+//! new template crash-looping or unable to start, or the progress deadline exceeded) sets
+//! `Ready=False` with reason `ModelFailed`/`RolloutFailed` and the runtime's termination
+//! message, while the old pods keep serving (the rollout never removes a ready pod first).
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::ResourceExt;
+
+use crate::{
+    config::OperatorConfig,
+    crd::{InferenceService, InferenceServiceStatus},
+    validate::ValidatedService,
+};
+
+/// Condition type: the current spec is fully rolled out and serving.
+pub const READY: &str = "Ready";
+/// Condition type: a rollout is under way.
+pub const PROGRESSING: &str = "Progressing";
+
+/// Reason: every wanted replica of the current spec is ready.
+pub const REASON_AVAILABLE: &str = "Available";
+/// Reason: a rollout is under way.
+pub const REASON_PROGRESSING: &str = "Progressing";
+/// Reason: the rollout finished.
+pub const REASON_ROLLOUT_COMPLETE: &str = "RolloutComplete";
+/// Reason: the runtime of the new template exits (model failed to download or load).
+pub const REASON_MODEL_FAILED: &str = "ModelFailed";
+/// Reason: pods of the new template cannot start, or the progress deadline passed.
+pub const REASON_ROLLOUT_FAILED: &str = "RolloutFailed";
+/// Reason: the spec cannot be served.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// Reason: `spec.replicas` is 0.
+pub const REASON_SCALED_TO_ZERO: &str = "ScaledToZero";
+
+/// Container waiting reasons that mean the new pods will not start by themselves.
+const FAILED_WAITING_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Longest message copied from a pod into a condition.
+const MAX_MESSAGE: usize = 1024;
+
+/// Where the rollout of the current template stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// Every wanted replica runs the current template and is ready.
+    Complete,
+    /// Complete with zero replicas wanted.
+    ScaledToZero,
+    /// Under way.
+    InProgress(String),
+    /// Will not finish by itself; `reason` is one of the `REASON_*` failure constants.
+    Failed {
+        /// `ModelFailed` or `RolloutFailed`.
+        reason: &'static str,
+        /// What went wrong, with the runtime's termination message when there is one.
+        message: String,
+    },
+}
+
+impl Rollout {
+    /// Whether the rollout still needs watching (pods can fail without the Deployment
+    /// changing, so the reconciler requeues while this holds).
+    pub fn in_progress(&self) -> bool {
+        matches!(self, Rollout::InProgress(_))
+    }
+}
+
+/// Whether the Deployment reports the current template fully rolled out.
+pub fn is_rolled_out(deployment: &Deployment) -> bool {
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let wanted = wanted_replicas(deployment);
+    let st = deployment.status.clone().unwrap_or_default();
+    st.observed_generation.unwrap_or(0) >= generation
+        && st.updated_replicas.unwrap_or(0) == wanted
+        && st.ready_replicas.unwrap_or(0) == wanted
+        && st.replicas.unwrap_or(0) == wanted
+}
+
+fn wanted_replicas(deployment: &Deployment) -> i32 {
+    deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// Classifies the rollout from the Deployment and the pods of its current template.
+pub fn rollout(deployment: &Deployment, new_pods: &[Pod]) -> Rollout {
+    let wanted = wanted_replicas(deployment);
+    if is_rolled_out(deployment) {
+        return if wanted == 0 { Rollout::ScaledToZero } else { Rollout::Complete };
+    }
+    let st = deployment.status.clone().unwrap_or_default();
+    if let Some((reason, message)) = new_pods.iter().find_map(pod_failure) {
+        return Rollout::Failed { reason, message };
+    }
+    let deadline = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(c) = deadline {
+        return Rollout::Failed {
+            reason: REASON_ROLLOUT_FAILED,
+            message: c.message.clone().unwrap_or_else(|| "the rollout exceeded its progress deadline".into()),
+        };
+    }
+    Rollout::InProgress(format!(
+        "rolling out: {}/{} updated replicas, {} ready",
+        st.updated_replicas.unwrap_or(0),
+        wanted,
+        st.ready_replicas.unwrap_or(0)
+    ))
+}
+
+/// Why a pod of the new template will not become ready, if it will not.
+fn pod_failure(pod: &Pod) -> Option<(&'static str, String)> {
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    for cs in status.container_statuses.iter().flatten() {
+        let terminated = cs
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
+            .or_else(|| cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).filter(|t| t.exit_code != 0));
+        let waiting = cs
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .filter(|w| w.reason.as_deref().is_some_and(|r| FAILED_WAITING_REASONS.contains(&r)));
+        if let Some(t) = terminated {
+            let detail = t
+                .message
+                .as_deref()
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .unwrap_or_else(|| t.reason.clone().unwrap_or_else(|| "no message".into()));
+            return Some((
+                REASON_MODEL_FAILED,
+                truncate(format!("pod {name}: container {} exited with code {}: {detail}", cs.name, t.exit_code)),
+            ));
+        }
+        if let Some(w) = waiting {
+            let reason = w.reason.clone().unwrap_or_default();
+            let detail = w.message.clone().unwrap_or_default();
+            return Some((
+                REASON_ROLLOUT_FAILED,
+                truncate(format!("pod {name}: container {}: {reason}: {detail}", cs.name)),
+            ));
+        }
+    }
+    None
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// The status of a valid InferenceService whose children were applied.
+pub fn compute_status(
+    isvc: &InferenceService,
+    valid: &ValidatedService,
+    config: &OperatorConfig,
+    deployment: &Deployment,
+    rollout: &Rollout,
+    now: Timestamp,
+) -> InferenceServiceStatus {
+    let old = isvc.status.clone().unwrap_or_default();
+    let generation = isvc.metadata.generation;
+    let st = deployment.status.clone().unwrap_or_default();
+    let wanted = wanted_replicas(deployment);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let uri = &valid.spec.model.uri;
+
+    let mut conditions = old.conditions.clone();
+    let mut model_uri = old.model_uri.clone();
+    let (ready_status, ready_reason, ready_message, prog_status, prog_reason, prog_message) = match rollout {
+        Rollout::Complete => {
+            model_uri = Some(uri.clone());
+            let msg = format!("{ready}/{wanted} replicas ready, serving {uri}");
+            ("True", REASON_AVAILABLE, msg.clone(), "False", REASON_ROLLOUT_COMPLETE, msg)
+        }
+        Rollout::ScaledToZero => {
+            model_uri = None;
+            (
+                "False",
+                REASON_SCALED_TO_ZERO,
+                "spec.replicas is 0: no pods serve".to_string(),
+                "False",
+                REASON_ROLLOUT_COMPLETE,
+                "scaled to zero".to_string(),
+            )
+        }
+        Rollout::InProgress(msg) => {
+            let previous =
+                old.conditions.iter().find(|c| c.type_ == READY).map(|c| c.status.as_str()).unwrap_or("False");
+            let status = if available == 0 { "False" } else { previous };
+            (status, REASON_PROGRESSING, msg.clone(), "True", REASON_PROGRESSING, msg.clone())
+        }
+        Rollout::Failed { reason, message } => {
+            let msg = if available > 0 {
+                format!("{message} ({available} ready replicas of the previous version keep serving)")
+            } else {
+                message.clone()
+            };
+            ("False", *reason, msg.clone(), "False", *reason, msg)
+        }
+    };
+    set_condition(&mut conditions, condition(READY, ready_status, ready_reason, &ready_message, generation, now));
+    set_condition(&mut conditions, condition(PROGRESSING, prog_status, prog_reason, &prog_message, generation, now));
+
+    InferenceServiceStatus {
+        conditions,
+        url: Some(service_url(&valid.name, &valid.namespace, config)),
+        model_uri,
+        replicas: Some(st.replicas.unwrap_or(0)),
+        ready_replicas: Some(ready),
+        updated_replicas: Some(st.updated_replicas.unwrap_or(0)),
+        observed_generation: generation,
+    }
+}
+
+/// The status of an InferenceService whose spec cannot be served: children untouched,
+/// conditions say why.
+pub fn invalid_status(isvc: &InferenceService, message: &str, now: Timestamp) -> InferenceServiceStatus {
+    let mut status = isvc.status.clone().unwrap_or_default();
+    let generation = isvc.metadata.generation;
+    let message = format!("invalid spec: {message}");
+    for type_ in [READY, PROGRESSING] {
+        set_condition(
+            &mut status.conditions,
+            condition(type_, "False", REASON_INVALID_SPEC, &message, generation, now),
+        );
+    }
+    status.observed_generation = generation;
+    status
+}
+
+/// `http://<name>.<namespace>.svc.<cluster domain>`.
+pub fn service_url(name: &str, namespace: &str, config: &OperatorConfig) -> String {
+    format!("http://{name}.{namespace}.svc.{}", config.cluster_domain)
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    }
+}
+
+/// Replaces (or adds) the condition of `new.type_`, keeping `lastTransitionTime` when the
+/// status did not change.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// Whether two statuses are equal apart from condition timestamps (then no patch is sent).
+pub fn same_ignoring_time(a: &InferenceServiceStatus, b: &InferenceServiceStatus) -> bool {
+    let strip = |s: &InferenceServiceStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) == strip(b)
+}

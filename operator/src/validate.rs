@@ -1,0 +1,255 @@
+//! Step 1 of the pipeline: check an InferenceService and resolve its defaults. No client.
+//!
+//! The CRD schema already enforces most of this; it is checked again here because the
+//! installed CRD may be older than the operator, and because some rules (a CPU request for
+//! autoscaling, the resource name as a DNS label) are clearer with the operator's message.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
+};
+use kube::{Resource, ResourceExt};
+
+use crate::{
+    config::OperatorConfig,
+    crd::{AutoscalingSpec, InferenceService, InferenceServiceSpec},
+};
+
+/// An InferenceService that passed validation, with every default resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedService {
+    /// Name of the InferenceService (and of each child).
+    pub name: String,
+    /// Namespace of the InferenceService (and of each child).
+    pub namespace: String,
+    /// `metadata.generation` of the InferenceService.
+    pub generation: Option<i64>,
+    /// Controller owner reference set on each child.
+    pub owner: OwnerReference,
+    /// The spec as written.
+    pub spec: InferenceServiceSpec,
+    /// Served model name (spec or the resource name).
+    pub model_name: String,
+    /// Fixed replicas or autoscaling.
+    pub scaling: Scaling,
+    /// ONNX Runtime threads, when known.
+    pub threads: Option<i32>,
+    /// Runtime image.
+    pub image: String,
+}
+
+/// How the number of pods is decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scaling {
+    /// A fixed count (`spec.replicas`, default 1).
+    Fixed(i32),
+    /// A HorizontalPodAutoscaler decides.
+    Auto(AutoscalingSpec),
+}
+
+impl ValidatedService {
+    /// Whether a PodDisruptionBudget is wanted: only when more than one pod always runs.
+    pub fn wants_pdb(&self) -> bool {
+        match &self.scaling {
+            Scaling::Fixed(n) => *n > 1,
+            Scaling::Auto(a) => a.min_replicas > 1,
+        }
+    }
+}
+
+/// Checks the resource and resolves defaults. The error message names the offending field.
+pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<ValidatedService, String> {
+    let name = isvc.name_any();
+    if !is_dns1035_label(&name) {
+        return Err(format!(
+            "metadata.name {name:?} must be a DNS-1035 label (at most 63 lowercase letters, digits \
+             and '-', starting with a letter), because the Service is named after it"
+        ));
+    }
+    let namespace = isvc.namespace().ok_or_else(|| "metadata.namespace is missing".to_string())?;
+    let owner = isvc.controller_owner_ref(&()).ok_or_else(|| "metadata.uid is missing".to_string())?;
+    let spec = &isvc.spec;
+
+    validate_model_uri(&spec.model.uri)?;
+    if spec.model.storage.is_some() && !spec.model.uri.starts_with("s3://") {
+        return Err("model.storage applies only to s3:// model uris".into());
+    }
+    if let Some(endpoint) = spec.model.storage.as_ref().and_then(|s| s.endpoint.as_ref())
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(format!("model.storage.endpoint {endpoint:?} must be an http:// or https:// URL"));
+    }
+    if let Some(sha) = &spec.model.sha256
+        && !(sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err("model.sha256 must be 64 lowercase hex digits".into());
+    }
+
+    let scaling = match (spec.replicas, &spec.autoscaling) {
+        (Some(_), Some(_)) => {
+            return Err("set either spec.replicas or spec.autoscaling, not both".into());
+        }
+        (Some(n), None) if !(0..=1000).contains(&n) => {
+            return Err(format!("spec.replicas {n} must be between 0 and 1000"));
+        }
+        (Some(n), None) => Scaling::Fixed(n),
+        (None, None) => Scaling::Fixed(1),
+        (None, Some(a)) => {
+            if a.min_replicas < 1 || a.min_replicas > a.max_replicas {
+                return Err(format!(
+                    "autoscaling.minReplicas ({}) must be at least 1 and at most \
+                     autoscaling.maxReplicas ({})",
+                    a.min_replicas, a.max_replicas
+                ));
+            }
+            if !has_resource(spec.resources.as_ref(), "cpu") {
+                return Err("autoscaling needs resources.requests.cpu: the autoscaler measures \
+                            CPU utilisation against the request"
+                    .into());
+            }
+            if a.target_memory_utilization.is_some() && !has_resource(spec.resources.as_ref(), "memory") {
+                return Err("autoscaling.targetMemoryUtilization needs \
+                            resources.requests.memory"
+                    .into());
+            }
+            Scaling::Auto(a.clone())
+        }
+    };
+
+    if let Some(b) = &spec.batching
+        && !(1..=1024).contains(&b.max_batch_size)
+    {
+        return Err("batching.maxBatchSize must be between 1 and 1024".into());
+    }
+    if let Some(l) = &spec.logging {
+        if !l.uri.starts_with("s3://") {
+            return Err(format!("logging.uri {:?} must start with s3://", l.uri));
+        }
+        if !(0.0..=1.0).contains(&l.sample_rate) {
+            return Err("logging.sampleRate must be between 0 and 1".into());
+        }
+    }
+
+    let runtime = spec.runtime.clone().unwrap_or_default();
+    if let Some(env) = &runtime.env {
+        let mut seen = BTreeSet::new();
+        for e in env {
+            if !seen.insert(e.name.as_str()) {
+                return Err(format!("runtime.env has {:?} twice", e.name));
+            }
+        }
+    }
+
+    let threads = match runtime.threads {
+        Some(t) => Some(t),
+        None => cpu_threads(spec.resources.as_ref())?,
+    };
+
+    Ok(ValidatedService {
+        name: name.clone(),
+        namespace,
+        generation: isvc.meta().generation,
+        owner,
+        spec: spec.clone(),
+        model_name: spec.model.name.clone().unwrap_or(name),
+        scaling,
+        threads,
+        image: runtime.image.unwrap_or_else(|| config.runtime_image.clone()),
+    })
+}
+
+fn validate_model_uri(uri: &str) -> Result<(), String> {
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        match rest.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(()),
+            _ => Err(format!("model.uri {uri:?} must look like s3://bucket/key/of/model.onnx")),
+        }
+    } else if uri.starts_with("http://") || uri.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "model.uri {uri:?} must start with s3://, http:// or https:// (file paths only work \
+             outside a cluster)"
+        ))
+    }
+}
+
+fn has_resource(resources: Option<&ResourceRequirements>, name: &str) -> bool {
+    resources.is_some_and(|r| {
+        r.requests.as_ref().is_some_and(|m| m.contains_key(name))
+            || r.limits.as_ref().is_some_and(|m| m.contains_key(name))
+    })
+}
+
+/// Threads from the CPU limit, else the CPU request, rounded up.
+fn cpu_threads(resources: Option<&ResourceRequirements>) -> Result<Option<i32>, String> {
+    let Some(r) = resources else { return Ok(None) };
+    let cpu = r.limits.as_ref().and_then(|m| m.get("cpu")).or_else(|| r.requests.as_ref().and_then(|m| m.get("cpu")));
+    match cpu {
+        None => Ok(None),
+        Some(q) => parse_cpu_millis(q)
+            .map(|m| Some(i32::try_from(m.div_ceil(1000).max(1)).unwrap_or(i32::MAX)))
+            .ok_or_else(|| format!("resources cpu quantity {:?} is not a valid CPU amount", q.0)),
+    }
+}
+
+/// Parses a CPU quantity (`500m`, `2`, `1.5`) into millicores.
+pub fn parse_cpu_millis(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    if let Some(m) = s.strip_suffix('m') {
+        return m.parse::<u64>().ok();
+    }
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let int: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut frac_millis = 0u64;
+    for (i, b) in frac.bytes().take(3).enumerate() {
+        frac_millis += u64::from(b - b'0') * 10u64.pow(2 - i as u32);
+    }
+    let rest_nonzero = frac.bytes().skip(3).any(|b| b != b'0');
+    int.checked_mul(1000)?.checked_add(frac_millis + u64::from(rest_nonzero))
+}
+
+fn is_dns1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Quantity {
+        Quantity(s.to_string())
+    }
+
+    #[test]
+    fn cpu_quantities_parse_to_millicores() {
+        assert_eq!(parse_cpu_millis(&q("500m")), Some(500));
+        assert_eq!(parse_cpu_millis(&q("2")), Some(2000));
+        assert_eq!(parse_cpu_millis(&q("1.5")), Some(1500));
+        assert_eq!(parse_cpu_millis(&q("0.0001")), Some(1));
+        assert_eq!(parse_cpu_millis(&q("two")), None);
+        assert_eq!(parse_cpu_millis(&q("")), None);
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns1035_label("fraud-v2"));
+        assert!(!is_dns1035_label("2fraud"));
+        assert!(!is_dns1035_label("Fraud"));
+        assert!(!is_dns1035_label("fraud-"));
+        assert!(!is_dns1035_label(&"a".repeat(64)));
+    }
+}
