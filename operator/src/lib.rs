@@ -18,6 +18,8 @@ pub mod validate;
 
 #[cfg(test)]
 pub mod fixtures;
+#[cfg(test)]
+mod reconcile_tests;
 
 pub use config::OperatorConfig;
 pub use crd::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};

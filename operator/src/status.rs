@@ -126,7 +126,8 @@ pub fn rollout(deployment: &Deployment, new_pods: &[Pod]) -> Rollout {
 fn pod_failure(pod: &Pod) -> Option<(&'static str, String)> {
     let name = pod.name_any();
     let status = pod.status.as_ref()?;
-    for cs in status.container_statuses.iter().flatten() {
+    // A container that crashed once but is ready now is not a failure.
+    for cs in status.container_statuses.iter().flatten().filter(|cs| !cs.ready) {
         let terminated = cs
             .state
             .as_ref()
@@ -303,4 +304,159 @@ pub fn same_ignoring_time(a: &InferenceServiceStatus, b: &InferenceServiceStatus
         s
     };
     strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{fixtures::fixture, validate::validate};
+    use serde_json::json;
+
+    fn deployment(status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "iris", "generation": 2},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn pod(container_status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "iris-1"},
+            "status": {"containerStatuses": [container_status]},
+        }))
+        .unwrap()
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    fn status_for(isvc: &InferenceService, d: &Deployment, r: &Rollout, now: Timestamp) -> InferenceServiceStatus {
+        let cfg = OperatorConfig::default();
+        let v = validate(isvc, &cfg).unwrap();
+        compute_status(isvc, &v, &cfg, d, r, now)
+    }
+
+    fn ready(s: &InferenceServiceStatus) -> &Condition {
+        s.conditions.iter().find(|c| c.type_ == READY).unwrap()
+    }
+
+    #[test]
+    fn rollout_is_complete_only_with_every_replica_updated_ready_and_observed() {
+        let full = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                          "readyReplicas": 2, "availableReplicas": 2});
+        assert_eq!(rollout(&deployment(full.clone()), &[]), Rollout::Complete);
+        for (field, value) in [("observedGeneration", 1), ("replicas", 3), ("updatedReplicas", 1), ("readyReplicas", 1)]
+        {
+            let mut s = full.clone();
+            s[field] = json!(value);
+            assert!(rollout(&deployment(s), &[]).in_progress(), "{field}={value} is not complete");
+        }
+    }
+
+    #[test]
+    fn progress_deadline_and_unstartable_pods_fail_the_rollout() {
+        let d = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False",
+                "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"iris-x\" has timed out progressing."}]}));
+        let Rollout::Failed { reason, message } = rollout(&d, &[]) else { panic!("not failed") };
+        assert_eq!(reason, REASON_ROLLOUT_FAILED);
+        assert!(message.contains("timed out"));
+
+        let d = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1}));
+        let p = pod(json!({"name": "runtime", "ready": false, "restartCount": 0, "image": "x",
+            "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError",
+            "message": "secret \"s3-creds\" not found"}}}));
+        let Rollout::Failed { reason, message } = rollout(&d, &[p]) else { panic!("not failed") };
+        assert_eq!(reason, REASON_ROLLOUT_FAILED);
+        assert!(message.contains("secret \"s3-creds\" not found"), "{message}");
+    }
+
+    #[test]
+    fn a_container_that_recovered_is_not_a_failure() {
+        let d = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1}));
+        let p = pod(json!({"name": "runtime", "ready": true, "restartCount": 1, "image": "x",
+            "imageID": "", "state": {"running": {}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}));
+        assert!(rollout(&d, &[p]).in_progress());
+    }
+
+    #[test]
+    fn failure_message_says_the_previous_version_keeps_serving() {
+        let mut isvc = fixture("minimal.yaml");
+        isvc.metadata.generation = Some(2);
+        let d = deployment(json!({"observedGeneration": 2, "replicas": 3,
+            "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2}));
+        let r = Rollout::Failed {
+            reason: REASON_MODEL_FAILED,
+            message: "pod iris-1: container runtime exited with code 1: bad model".into(),
+        };
+        let s = status_for(&isvc, &d, &r, t(100));
+        let c = ready(&s);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ModelFailed"));
+        assert!(c.message.contains("bad model"));
+        assert!(c.message.contains("2 ready replicas of the previous version keep serving"));
+        assert_eq!(s.ready_replicas, Some(2));
+    }
+
+    #[test]
+    fn last_transition_time_moves_only_when_the_status_flips() {
+        let mut isvc = fixture("minimal.yaml");
+        let progressing = Rollout::InProgress("rolling out".into());
+        let d = deployment(json!({"replicas": 0}));
+        let s1 = status_for(&isvc, &d, &progressing, t(100));
+        assert_eq!(ready(&s1).last_transition_time, Time(t(100)));
+
+        isvc.status = Some(s1.clone());
+        let s2 = status_for(&isvc, &d, &Rollout::InProgress("still".into()), t(200));
+        assert_eq!(ready(&s2).last_transition_time, Time(t(100)), "False → False");
+        assert!(!same_ignoring_time(&s1, &s2), "message changed");
+
+        isvc.status = Some(s2);
+        let s3 = status_for(&isvc, &d, &Rollout::Complete, t(300));
+        assert_eq!(ready(&s3).status, "True");
+        assert_eq!(ready(&s3).last_transition_time, Time(t(300)), "False → True");
+
+        let mut s4 = s3.clone();
+        s4.conditions[0].last_transition_time = Time(t(999));
+        assert!(same_ignoring_time(&s3, &s4));
+    }
+
+    #[test]
+    fn ready_drops_during_a_rollout_when_nothing_is_available() {
+        let mut isvc = fixture("minimal.yaml");
+        let d = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 2}));
+        isvc.status = Some(status_for(&isvc, &d, &Rollout::Complete, t(1)));
+        let d = deployment(json!({"observedGeneration": 2, "replicas": 2, "availableReplicas": 0}));
+        let s = status_for(&isvc, &d, &Rollout::InProgress("x".into()), t(2));
+        assert_eq!(ready(&s).status, "False");
+        assert_eq!(ready(&s).reason, REASON_PROGRESSING);
+    }
+
+    #[test]
+    fn zero_replicas_is_not_ready() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"generation": 1},
+            "spec": {"replicas": 0, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1}}))
+        .unwrap();
+        assert_eq!(rollout(&d, &[]), Rollout::ScaledToZero);
+        let s = status_for(&fixture("minimal.yaml"), &d, &Rollout::ScaledToZero, t(1));
+        assert_eq!(ready(&s).reason, REASON_SCALED_TO_ZERO);
+        assert_eq!(s.model_uri, None);
+    }
+
+    #[test]
+    fn invalid_status_sets_both_conditions() {
+        let s = invalid_status(&fixture("minimal.yaml"), "bad things", t(5));
+        for c in &s.conditions {
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", REASON_INVALID_SPEC));
+            assert_eq!(c.message, "invalid spec: bad things");
+            assert_eq!(c.observed_generation, Some(1));
+        }
+        assert_eq!(s.conditions.len(), 2);
+    }
 }

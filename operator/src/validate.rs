@@ -245,6 +245,65 @@ mod tests {
     }
 
     #[test]
+    fn invalid_specs_are_refused_with_a_message_naming_the_field() {
+        use crate::fixtures::fixture;
+        let cfg = OperatorConfig::default();
+        type Mutation = Box<dyn Fn(&mut InferenceService)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "not both",
+                Box::new(|i| {
+                    i.spec.replicas = Some(2);
+                    i.spec.autoscaling = Some(serde_json::from_value(serde_json::json!({"maxReplicas": 3})).unwrap());
+                }),
+            ),
+            ("model.uri", Box::new(|i| i.spec.model.uri = "file:///m.onnx".into())),
+            ("model.uri", Box::new(|i| i.spec.model.uri = "s3://bucket-only".into())),
+            (
+                "model.storage applies only to s3://",
+                Box::new(|i| {
+                    i.spec.model.uri = "https://x/m.onnx".into();
+                    i.spec.model.storage =
+                        Some(serde_json::from_value(serde_json::json!({"region": "eu-west-1"})).unwrap());
+                }),
+            ),
+            ("model.sha256", Box::new(|i| i.spec.model.sha256 = Some("ABC".into()))),
+            ("spec.replicas", Box::new(|i| i.spec.replicas = Some(-1))),
+            (
+                "minReplicas",
+                Box::new(|i| {
+                    i.spec.autoscaling =
+                        Some(serde_json::from_value(serde_json::json!({"minReplicas": 4, "maxReplicas": 3})).unwrap());
+                }),
+            ),
+            (
+                "runtime.env",
+                Box::new(|i| {
+                    i.spec.runtime = Some(
+                        serde_json::from_value(serde_json::json!({"env": [{"name": "A"}, {"name": "A"}]})).unwrap(),
+                    );
+                }),
+            ),
+            ("metadata.name", Box::new(|i| i.metadata.name = Some("9lives".into()))),
+            (
+                "cpu quantity",
+                Box::new(|i| {
+                    i.spec.resources =
+                        Some(serde_json::from_value(serde_json::json!({"limits": {"cpu": "lots"}})).unwrap());
+                }),
+            ),
+        ];
+        for (needle, mutate) in cases {
+            let mut isvc = fixture("minimal.yaml");
+            mutate(&mut isvc);
+            let err = validate(&isvc, &cfg).expect_err(needle);
+            assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+        }
+        let v = validate(&fixture("minimal.yaml"), &cfg).unwrap();
+        assert_eq!((v.scaling, v.model_name.as_str(), v.threads), (Scaling::Fixed(1), "iris", None));
+    }
+
+    #[test]
     fn dns_labels() {
         assert!(is_dns1035_label("fraud-v2"));
         assert!(!is_dns1035_label("2fraud"));

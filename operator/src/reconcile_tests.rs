@@ -1,0 +1,362 @@
+//! Reconcile tests against the fake API server of `fixtures` (tower-test mock): the whole
+//! pipeline runs, and the assertions are on the objects and status the "API server" ends up
+//! with, plus the events and the calls it received.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::Method;
+use k8s_openapi::api::{
+    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Service, policy::v1::PodDisruptionBudget,
+};
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use crate::{
+    build::TEMPLATE_HASH_LABEL,
+    controller::{Context, error_policy, reconcile},
+    crd::InferenceService,
+    error::Error,
+    fixtures::{FakeState, fixture, paths},
+    status::{PROGRESSING, READY},
+};
+
+struct Harness {
+    ctx: Arc<Context>,
+    state: Arc<Mutex<FakeState>>,
+    server: tokio::task::JoinHandle<()>,
+    name: String,
+}
+
+impl Harness {
+    fn new(fixture_name: &str) -> Self {
+        let isvc = fixture(fixture_name);
+        let (ctx, verifier) = Context::test();
+        let state = verifier.state.clone();
+        let name = isvc.metadata.name.clone().unwrap();
+        state.lock().unwrap().objects.insert(paths::isvc(&name), serde_json::to_value(&isvc).unwrap());
+        Self { ctx, state, server: verifier.run(), name }
+    }
+
+    fn isvc(&self) -> InferenceService {
+        self.state.lock().unwrap().get(&paths::isvc(&self.name)).unwrap()
+    }
+
+    async fn reconcile(&self) -> Result<Action, Error> {
+        let isvc = Arc::new(self.isvc());
+        let res = tokio::time::timeout(Duration::from_secs(5), reconcile(isvc, self.ctx.clone()))
+            .await
+            .expect("reconcile finished in time");
+        if let Err(e) = &res {
+            error_policy(Arc::new(self.isvc()), e, self.ctx.clone());
+        }
+        res
+    }
+
+    /// Changes the spec as `kubectl apply` would (generation moves).
+    fn update_spec(&self, f: impl FnOnce(&mut InferenceService)) {
+        let mut isvc = self.isvc();
+        f(&mut isvc);
+        isvc.metadata.generation = Some(isvc.metadata.generation.unwrap_or(1) + 1);
+        self.state.lock().unwrap().objects.insert(paths::isvc(&self.name), serde_json::to_value(&isvc).unwrap());
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
+        self.state.lock().unwrap().get(path)
+    }
+
+    fn deployment(&self) -> Deployment {
+        self.get(&paths::deployment(&self.name)).expect("deployment exists")
+    }
+
+    /// Sets the Deployment's status as the deployment controller would.
+    fn set_deployment_status(&self, status: Value) {
+        let mut st = self.state.lock().unwrap();
+        let obj = st.objects.get_mut(&paths::deployment(&self.name)).unwrap();
+        obj["status"] = status;
+    }
+
+    /// The Deployment's current template fully rolled out and ready.
+    fn roll_out(&self) {
+        let d = self.deployment();
+        let n = d.spec.unwrap().replicas.unwrap_or(1);
+        self.set_deployment_status(json!({
+            "observedGeneration": d.metadata.generation,
+            "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
+        }));
+    }
+
+    fn condition(&self, type_: &str) -> (String, String, String) {
+        let isvc = self.isvc();
+        let c = isvc.condition(type_).unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        let d = self.deployment();
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    fn calls(&self, method: Method, needle: &str) -> usize {
+        self.state.lock().unwrap().calls_to(&method, needle).len()
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.state.lock().unwrap().event_reasons()
+    }
+
+    async fn finish(self) {
+        drop(self.ctx);
+        tokio::time::timeout(Duration::from_secs(1), self.server)
+            .await
+            .expect("fake API server stopped")
+            .expect("fake API server did not panic");
+    }
+}
+
+#[tokio::test]
+async fn create_applies_four_children_with_owner_references_and_reports_progressing() {
+    let h = Harness::new("autoscaling.yaml");
+    let action = h.reconcile().await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+
+    let d = h.deployment();
+    let s: Service = h.get(&paths::service("churn")).expect("service");
+    let hpa: HorizontalPodAutoscaler = h.get(&paths::hpa("churn")).expect("hpa");
+    let pdb: PodDisruptionBudget = h.get(&paths::pdb("churn")).expect("pdb");
+    for owners in [
+        &d.metadata.owner_references,
+        &s.metadata.owner_references,
+        &hpa.metadata.owner_references,
+        &pdb.metadata.owner_references,
+    ] {
+        let o = &owners.as_ref().unwrap()[0];
+        assert_eq!((o.kind.as_str(), o.controller), ("InferenceService", Some(true)));
+    }
+    // server-side apply, forced, one field manager
+    let applies: Vec<_> = {
+        let st = h.state.lock().unwrap();
+        st.calls.iter().filter(|c| c.method == Method::PATCH).cloned().collect()
+    };
+    assert_eq!(applies.len(), 5, "4 children + status");
+    for c in applies {
+        assert!(c.query.contains("fieldManager=kinfer-operator"), "{}", c.query);
+        assert!(c.query.contains("force=true"), "{}", c.query);
+    }
+
+    let (status, reason, _) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Progressing"));
+    assert_eq!(h.condition(PROGRESSING).0, "True");
+    let st = h.isvc().status.unwrap();
+    assert_eq!(st.url.as_deref(), Some("http://churn.ml.svc.cluster.local"));
+    assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(st.model_uri, None, "nothing serves yet");
+    assert_eq!(h.events(), vec!["Applied"]);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn ready_once_the_deployment_has_all_replicas_updated_and_ready() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    // half-way: one old replica still around
+    let gen_ = h.deployment().metadata.generation;
+    h.set_deployment_status(json!({"observedGeneration": gen_, "replicas": 2,
+        "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}));
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition(READY).1, "Progressing");
+
+    h.roll_out();
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+    let (status, reason, message) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Available"));
+    assert!(message.contains("1/1"), "{message}");
+    assert_eq!(h.condition(PROGRESSING).0, "False");
+    let st = h.isvc().status.unwrap();
+    assert_eq!((st.replicas, st.ready_replicas, st.updated_replicas), (Some(1), Some(1), Some(1)));
+    assert_eq!(st.model_uri.as_deref(), Some("s3://models/iris/1/model.onnx"));
+    assert!(h.events().contains(&"Ready".to_string()));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn model_uri_update_rolls_the_deployment_while_old_pods_keep_serving() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    let ready_since = h.isvc().condition(READY).unwrap().last_transition_time.clone();
+    let old_hash = h.deployment().spec.unwrap().template.metadata.unwrap().labels.unwrap()[TEMPLATE_HASH_LABEL].clone();
+
+    h.update_spec(|i| i.spec.model.uri = "s3://models/iris/2/model.onnx".into());
+    h.reconcile().await.unwrap();
+    let d = h.deployment();
+    assert_eq!(d.metadata.generation, Some(2), "pod template changed");
+    assert_eq!(h.env("KINFER_MODEL_URI").as_deref(), Some("s3://models/iris/2/model.onnx"));
+    let new_hash = d.spec.unwrap().template.metadata.unwrap().labels.unwrap()[TEMPLATE_HASH_LABEL].clone();
+    assert_ne!(old_hash, new_hash);
+    // still serving the old model: Ready stays True (same transition time), reason Progressing
+    let (status, reason, _) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Progressing"));
+    assert_eq!(h.isvc().condition(READY).unwrap().last_transition_time, ready_since);
+    assert_eq!(h.condition(PROGRESSING).0, "True");
+    let st = h.isvc().status.unwrap();
+    assert_eq!(st.model_uri.as_deref(), Some("s3://models/iris/1/model.onnx"));
+    assert_eq!(st.observed_generation, Some(2));
+
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition(READY).1, "Available");
+    assert_eq!(h.isvc().status.unwrap().model_uri.as_deref(), Some("s3://models/iris/2/model.onnx"));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn autoscaling_added_then_removed_applies_then_deletes_the_hpa() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    assert!(h.get::<HorizontalPodAutoscaler>(&paths::hpa("iris")).is_none());
+    assert_eq!(h.deployment().spec.unwrap().replicas, Some(1));
+
+    h.update_spec(|i| {
+        i.spec.autoscaling = Some(serde_json::from_value(json!({"maxReplicas": 4})).unwrap());
+        i.spec.resources = Some(serde_json::from_value(json!({"requests": {"cpu": "250m"}})).unwrap());
+    });
+    h.reconcile().await.unwrap();
+    let hpa: HorizontalPodAutoscaler = h.get(&paths::hpa("iris")).expect("hpa applied");
+    assert_eq!(hpa.spec.unwrap().max_replicas, 4);
+    let last_apply = h
+        .state
+        .lock()
+        .unwrap()
+        .calls_to(&Method::PATCH, "/deployments/iris")
+        .last()
+        .and_then(|c| c.body.clone())
+        .unwrap();
+    assert!(last_apply["spec"].get("replicas").is_none(), "with autoscaling the apply leaves replicas to the HPA");
+
+    h.update_spec(|i| i.spec.autoscaling = None);
+    h.reconcile().await.unwrap();
+    assert!(h.get::<HorizontalPodAutoscaler>(&paths::hpa("iris")).is_none());
+    assert_eq!(h.calls(Method::DELETE, "/horizontalpodautoscalers/iris"), 1);
+    assert_eq!(h.deployment().spec.unwrap().replicas, Some(1));
+    assert!(h.events().contains(&"Deleted".to_string()));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn pdb_is_deleted_when_replicas_drop_to_one() {
+    let h = Harness::new("full.yaml");
+    h.reconcile().await.unwrap();
+    assert!(h.get::<PodDisruptionBudget>(&paths::pdb("fraud")).is_some());
+    h.update_spec(|i| i.spec.replicas = Some(1));
+    h.reconcile().await.unwrap();
+    assert!(h.get::<PodDisruptionBudget>(&paths::pdb("fraud")).is_none());
+    assert_eq!(h.calls(Method::DELETE, "/poddisruptionbudgets/fraud"), 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn children_not_controlled_by_the_resource_are_left_alone() {
+    let h = Harness::new("minimal.yaml");
+    h.state.lock().unwrap().objects.insert(
+        paths::hpa("iris"),
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+               "metadata": {"name": "iris", "namespace": "ml", "uid": "someone-else"},
+               "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2}}),
+    );
+    h.reconcile().await.unwrap();
+    assert!(h.get::<HorizontalPodAutoscaler>(&paths::hpa("iris")).is_some());
+    assert_eq!(h.calls(Method::DELETE, "/horizontalpodautoscalers"), 0);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn failed_model_sets_the_condition_with_the_termination_message() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    let d = h.deployment();
+    let hash = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
+        [TEMPLATE_HASH_LABEL]
+        .clone();
+    h.state.lock().unwrap().objects.insert(
+        paths::pod("iris-abc"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "iris-abc", "namespace": "ml", "labels": {
+                "serving.kinfer.dev/inferenceservice": "iris", TEMPLATE_HASH_LABEL: hash}},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "runtime", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                    "message": "model sha256 mismatch: expected 9f86d0, got 1b4f0e"}}}]}}),
+    );
+    h.set_deployment_status(json!({"observedGeneration": d.metadata.generation,
+        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0, "availableReplicas": 0}));
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+
+    let (status, reason, message) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ModelFailed"));
+    assert!(message.contains("model sha256 mismatch"), "{message}");
+    assert!(message.contains("exited with code 2"), "{message}");
+    let (status, reason, _) = h.condition(PROGRESSING);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ModelFailed"));
+    assert!(h.events().contains(&"ModelFailed".to_string()));
+    let pod_lists = h.calls(Method::GET, "/pods");
+    assert_eq!(pod_lists, 2, "pods are read only while the rollout is not complete");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn invalid_spec_creates_no_children_and_the_condition_says_why() {
+    let h = Harness::new("invalid-autoscaling-without-cpu.yaml");
+    let err = h.reconcile().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+    assert_eq!(error_policy(Arc::new(h.isvc()), &err, h.ctx.clone()), Action::await_change());
+    let calls = h.state.lock().unwrap().calls.clone();
+    let child_calls = calls.iter().filter(|c| !c.path.ends_with("/status") && !c.path.ends_with("/events")).count();
+    assert_eq!(child_calls, 0, "no child touched: {calls:?}");
+    let (status, reason, message) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("resources.requests.cpu"), "{message}");
+    assert_eq!(h.events(), vec!["InvalidSpec"]);
+
+    // the same invalid spec again: no new status patch, no new event
+    h.reconcile().await.unwrap_err();
+    assert_eq!(h.calls(Method::PATCH, "/status"), 1);
+    assert_eq!(h.events().len(), 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_patched_again() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    h.reconcile().await.unwrap();
+    h.reconcile().await.unwrap();
+    assert_eq!(h.calls(Method::PATCH, "/inferenceservices/iris/status"), 1);
+    assert_eq!(h.events(), vec!["Applied"], "no repeated events");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn transient_errors_requeue_with_growing_backoff() {
+    let (ctx, _verifier) = Context::test();
+    let isvc = Arc::new(fixture("minimal.yaml"));
+    let err = Error::Apply {
+        kind: "Deployment",
+        name: "iris".into(),
+        source: kube::Error::Api(kube::core::Status::failure("etcd timeout", "InternalError").with_code(500).boxed()),
+    };
+    let delays: Vec<Action> = (0..4).map(|_| error_policy(isvc.clone(), &err, ctx.clone())).collect();
+    assert_eq!(delays, [5, 10, 20, 40].map(|s| Action::requeue(Duration::from_secs(s))));
+    assert!(ctx.metrics.render().contains("kinfer_operator_reconcile_errors_total{category=\"apply\"} 4"));
+}
