@@ -70,9 +70,15 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
     // Live at once; ready once the model has loaded and a warm-up inference succeeded.
     let loader_state = state.clone();
     let loader_cfg = cfg.clone();
+    let loader = tokio::spawn(async move { load_model(&loader_cfg, &loader_state, env).await });
+    let watch_cfg = cfg.clone();
     tokio::spawn(async move {
-        if let Err(e) = load_model(&loader_cfg, &loader_state, env).await {
-            die(&loader_cfg, &e);
+        // Any loader failure, a panic included, ends the process: a pod must never sit live
+        // and forever unready.
+        match loader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => die(&watch_cfg, &e),
+            Err(e) => die(&watch_cfg, &Fatal(format!("model loading failed unexpectedly: {e}"))),
         }
     });
 

@@ -181,15 +181,14 @@ fn check_sha(uri: &str, want: &str, got: &str) -> Result<(), FetchError> {
 /// The S3 client: default credential chain and region (us-east-1 when none is configured),
 /// rustls with ring, no SDK-level retries (ours classify errors first).
 pub async fn s3_client(path_style: bool) -> aws_sdk_s3::Client {
-    use aws_config::{BehaviorVersion, meta::region::RegionProviderChain, retry::RetryConfig, timeout::TimeoutConfig};
+    use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
     use aws_smithy_http_client::tls;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .build_https();
-    let region = RegionProviderChain::default_provider().or_else("us-east-1");
+    // Every provider (credentials, region, IMDS) is built from this loader, so all use `http`.
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
-        .region(region)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -199,8 +198,11 @@ pub async fn s3_client(path_style: bool) -> aws_sdk_s3::Client {
         )
         .load()
         .await;
-    let conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style).build();
-    aws_sdk_s3::Client::from_conf(conf)
+    let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style);
+    if sdk.region().is_none() {
+        conf = conf.region(Region::new("us-east-1"));
+    }
+    aws_sdk_s3::Client::from_conf(conf.build())
 }
 
 /// Whether S3 should be addressed path-style (`KINFER_S3_PATH_STYLE=true|1|yes`).
@@ -269,7 +271,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 async fn download_s3(client: &aws_sdk_s3::Client, bucket: &str, key: &str, dest: &Path) -> Result<String, FetchError> {
-    let resp = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify_s3(e, bucket, key))?;
+    let resp = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = classify_s3(e, bucket, key);
+            if !err.transient && err.message.contains("not found in bucket") && !bucket_exists(client, bucket).await {
+                // Not every store says NoSuchBucket on GetObject; ask.
+                return Err(FetchError::permanent(format!(
+                    "S3 bucket {bucket:?} does not exist (s3://{bucket}/{key})"
+                )));
+            }
+            return Err(err);
+        }
+    };
     let mut body = resp.body;
     let mut sink = Sink::create(dest).await?;
     while let Some(chunk) =
@@ -278,6 +292,15 @@ async fn download_s3(client: &aws_sdk_s3::Client, bucket: &str, key: &str, dest:
         sink.write(&chunk).await?;
     }
     sink.finish().await
+}
+
+/// False only when the store says the bucket is not there (404 / NoSuchBucket).
+async fn bucket_exists(client: &aws_sdk_s3::Client, bucket: &str) -> bool {
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => true,
+        Err(SdkError::ServiceError(se)) => se.raw().status().as_u16() != 404,
+        Err(_) => true,
+    }
 }
 
 async fn download_http(client: &reqwest::Client, url: &str, dest: &Path) -> Result<String, FetchError> {

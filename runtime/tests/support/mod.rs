@@ -136,7 +136,7 @@ impl Runtime {
     }
 
     /// Waits for the process to exit (it must, within `limit`); returns code, stdout and stderr.
-    pub fn wait_exit(&mut self, limit: Duration) -> (i32, String, String) {
+    pub async fn wait_exit(&mut self, limit: Duration) -> (i32, String, String) {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -148,7 +148,7 @@ impl Runtime {
                 let (out, err) = self.output();
                 panic!("kinfer-runtime did not exit within {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
