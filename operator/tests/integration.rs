@@ -1,0 +1,296 @@
+//! Integration tests against a real API server. They need only a control plane
+//! (kube-apiserver + kube-controller-manager; no nodes, no scheduler) and run when
+//! `KINFER_TEST_KUBECONFIG` names its kubeconfig; otherwise each test prints why it is
+//! skipped and passes.
+//!
+//! Each test installs crds/, starts the operator in-process for its own namespace
+//! (`kinfer-it-<random>`, labelled `kinfer.dev/test=integration`) and deletes that namespace
+//! afterwards, also when the test fails. Left-overs of a killed run:
+//! `kubectl delete ns -l kinfer.dev/test=integration`.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{Namespace, Pod, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    jiff::Timestamp,
+};
+use kinfer_operator::{InferenceService, OperatorConfig, controller, metrics::Metrics};
+use kube::{
+    Client, Config, Resource, ResourceExt,
+    api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        events::Reporter,
+        wait::{await_condition, conditions},
+    },
+};
+use serde_json::json;
+
+const CRD_YAML: &str = include_str!("../../crds/inferenceservices.serving.kinfer.dev.yaml");
+const TEST_LABEL: &str = "kinfer.dev/test";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn fixture(name: &str) -> InferenceService {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut isvc: InferenceService = serde_yaml::from_str(&yaml).unwrap();
+    isvc.metadata.namespace = None;
+    isvc
+}
+
+/// The client for `KINFER_TEST_KUBECONFIG`, or `None` (with the reason printed).
+async fn test_client(test: &str) -> Option<Client> {
+    let Some(path) = std::env::var_os("KINFER_TEST_KUBECONFIG").map(PathBuf::from) else {
+        eprintln!(
+            "skipping {test}: KINFER_TEST_KUBECONFIG is not set (point it at the kubeconfig of a \
+             control plane with kube-apiserver and kube-controller-manager to run it)"
+        );
+        return None;
+    };
+    let kubeconfig =
+        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("KINFER_TEST_KUBECONFIG={}: {e}", path.display()));
+    let config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig is usable");
+    Some(Client::try_from(config).expect("client"))
+}
+
+async fn install_crd(client: &Client) {
+    let crd: CustomResourceDefinition = serde_yaml::from_str(CRD_YAML).unwrap();
+    let name = crd.name_any();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(&name, &PatchParams::apply("kinfer-integration-test").force(), &Patch::Apply(&crd))
+        .await
+        .expect("CRD applied");
+    tokio::time::timeout(WAIT, await_condition(crds, &name, conditions::is_crd_established()))
+        .await
+        .expect("CRD established in time")
+        .expect("CRD watch");
+}
+
+/// Runs `body` in a fresh labelled namespace with the operator running for it, then deletes
+/// the namespace (also when `body` panics).
+async fn with_operator<F, Fut>(client: Client, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    install_crd(&client).await;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let ns = format!("kinfer-it-{:x}{:x}", std::process::id() & 0xfff, nanos);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": ns, "labels": {TEST_LABEL: "integration"}}
+    }))
+    .unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.expect("namespace created");
+
+    let operator = tokio::spawn(controller::run(
+        client.clone(),
+        OperatorConfig { runtime_image: "kinfer-runtime:integration-test".into(), ..OperatorConfig::default() },
+        vec![ns.clone()],
+        Arc::new(Metrics::new()),
+        Reporter { controller: "kinfer-operator".into(), instance: Some("integration-test".into()) },
+    ));
+    let outcome = tokio::spawn(body(client.clone(), ns.clone())).await;
+    operator.abort();
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after [`WAIT`].
+async fn wait_for<T, Fut>(what: &str, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(isvc: &InferenceService, type_: &str) -> Option<(String, String, String)> {
+    isvc.condition(type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message() {
+    let Some(client) = test_client("invalid_manifests_are_refused").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let api: Api<InferenceService> = Api::namespaced(client, &ns);
+        for (file, expected) in [
+            (
+                "invalid-min-above-max.yaml",
+                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+            ),
+            ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
+            ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+            ("invalid-sha256.yaml", "spec.model.sha256"),
+        ] {
+            let err = api.create(&PostParams::default(), &fixture(file)).await.expect_err(file);
+            let kube::Error::Api(status) = err else { panic!("{file}: unexpected error {err}") };
+            assert_eq!(status.code, 422, "{file}: {status:?}");
+            assert!(status.message.contains(expected), "{file}: {:?} does not contain {expected:?}", status.message);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn valid_resource_gets_four_owned_children_and_they_are_garbage_collected() {
+    let Some(client) = test_client("valid_resource_gets_four_owned_children").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let created =
+            isvcs.create(&PostParams::default(), &fixture("autoscaling.yaml")).await.expect("valid manifest accepted");
+        let uid = created.uid().unwrap();
+        let name = created.name_any();
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+
+        let owners = wait_for("the four children", || async {
+            let d = deployments.get_opt(&name).await.ok()??;
+            let s = services.get_opt(&name).await.ok()??;
+            let h = hpas.get_opt(&name).await.ok()??;
+            let p = pdbs.get_opt(&name).await.ok()??;
+            Some(vec![
+                d.meta().owner_references.clone(),
+                s.meta().owner_references.clone(),
+                h.meta().owner_references.clone(),
+                p.meta().owner_references.clone(),
+            ])
+        })
+        .await;
+        for o in owners {
+            let o = &o.expect("owner references")[0];
+            assert_eq!(o.uid, uid);
+            assert_eq!(o.kind, "InferenceService");
+            assert_eq!(o.controller, Some(true));
+        }
+
+        let isvc = wait_for("a Progressing status", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Progressing")?.0 == "True").then_some(i)
+        })
+        .await;
+        let (status, reason, _) = condition(&isvc, "Ready").unwrap();
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "Progressing"));
+        assert_eq!(isvc.status.unwrap().url.unwrap(), format!("http://{name}.{ns}.svc.cluster.local"));
+
+        isvcs.delete(&name, &DeleteParams::background()).await.expect("deleted");
+        wait_for("the children to be garbage-collected", || async {
+            let gone = deployments.get_opt(&name).await.ok()?.is_none()
+                && services.get_opt(&name).await.ok()?.is_none()
+                && hpas.get_opt(&name).await.ok()?.is_none()
+                && pdbs.get_opt(&name).await.ok()?.is_none();
+            gone.then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
+/// What a kubelet would cause: the runtime pods report Ready (so the ReplicaSet and
+/// Deployment controllers compute a ready status), and the Deployment's status says so.
+/// Repeated until the InferenceService shows it, because the Deployment controller may
+/// recompute the Deployment's status in between.
+async fn mark_deployment_ready(client: &Client, ns: &str, name: &str) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns);
+    let now = Timestamp::now().to_string();
+    wait_for("Ready=True", || async {
+        let selector = format!("app.kubernetes.io/instance={name}");
+        for pod in pods.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default() {
+            let ready = json!({"status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                ],
+                "containerStatuses": [{"name": "runtime", "ready": true, "started": true,
+                    "restartCount": 0, "image": "kinfer-runtime:integration-test", "imageID": "",
+                    "state": {"running": {"startedAt": now}}}],
+            }});
+            let _ = pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&ready)).await;
+        }
+        let d = deployments.get(name).await.ok()?;
+        let n = d.spec.as_ref()?.replicas.unwrap_or(1);
+        let status = json!({"status": {"observedGeneration": d.metadata.generation,
+            "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}});
+        let _ = deployments.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let i = isvcs.get(name).await.ok()?;
+        (condition(&i, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ready_deployment_makes_the_resource_ready_and_a_spec_change_rolls_it() {
+    let Some(client) = test_client("ready_deployment_makes_the_resource_ready").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let created = isvcs.create(&PostParams::default(), &fixture("minimal.yaml")).await.expect("created");
+        let name = created.name_any();
+        wait_for("the Deployment", || async { deployments.get_opt(&name).await.ok()? }).await;
+
+        mark_deployment_ready(&client, &ns, &name).await;
+        let st = isvcs.get(&name).await.unwrap().status.unwrap();
+        assert_eq!(st.ready_replicas, Some(1));
+        assert_eq!(st.updated_replicas, Some(1));
+        assert_eq!(st.replicas, Some(1));
+        assert_eq!(st.url.as_deref(), Some(format!("http://{name}.{ns}.svc.cluster.local").as_str()));
+        assert_eq!(st.model_uri.as_deref(), Some("s3://models/iris/1/model.onnx"));
+        let generation_before = deployments.get(&name).await.unwrap().metadata.generation;
+
+        let new_uri = "s3://models/iris/2/model.onnx";
+        isvcs
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": {"uri": new_uri}}})))
+            .await
+            .expect("spec patched");
+        let d = wait_for("the Deployment to roll", || async {
+            let d = deployments.get(&name).await.ok()?;
+            let env = d.spec.as_ref()?.template.spec.as_ref()?.containers[0].env.clone().unwrap_or_default();
+            env.iter().any(|e| e.name == "KINFER_MODEL_URI" && e.value.as_deref() == Some(new_uri)).then_some(d)
+        })
+        .await;
+        assert!(d.metadata.generation > generation_before);
+        let i = wait_for("Ready with reason Progressing", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Ready")?.1 == "Progressing").then_some(i)
+        })
+        .await;
+        assert_eq!(
+            i.status.unwrap().model_uri.as_deref(),
+            Some("s3://models/iris/1/model.onnx"),
+            "the old model is still the one served"
+        );
+    })
+    .await;
+}
