@@ -269,7 +269,7 @@ impl TensorData {
     /// Decodes raw little-endian bytes of the binary extension.
     pub fn from_le_bytes(dt: DataType, raw: &[u8]) -> Result<TensorData, String> {
         fn chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {
-            if raw.len() % N != 0 {
+            if !raw.len().is_multiple_of(N) {
                 return Err(format!("{} bytes is not a multiple of the element size {N}", raw.len()));
             }
             Ok(raw
