@@ -603,6 +603,50 @@ mod tests {
         assert!(found.iter().all(|(r, m)| !r.is_empty() && !m.is_empty()));
     }
 
+    fn fixture_value(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The CEL rules evaluated client-side (kube-cel, with schema defaults applied first, as
+    /// the API server does): the valid fixtures pass, which also proves every rule on their
+    /// path compiles; the invalid ones fail with the rule's message.
+    #[test]
+    fn cel_rules_accept_valid_fixtures_and_refuse_invalid_ones_with_their_message() {
+        let validator = kube::core::cel::Validator::new();
+        let schema = schema();
+        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml"] {
+            if let Err(e) = validator.validate(&schema, &fixture_value(ok), None) {
+                panic!("{ok} refused: {e}");
+            }
+        }
+        for (file, message) in [
+            (
+                "invalid-min-above-max.yaml",
+                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+            ),
+            ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
+            ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+        ] {
+            let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
+            assert!(err.contains(message), "{file}: {err}");
+        }
+        let mut v = fixture_value("minimal.yaml");
+        v["spec"]["model"]["uri"] = "s3://bucket-only".into();
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("must look like s3://bucket/key"), "{err}");
+        v["spec"]["model"]["uri"] = "https://host/model.onnx".into();
+        v["spec"]["model"]["storage"] = serde_json::json!({"region": "eu-west-1"});
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("model.storage applies only to s3://"), "{err}");
+        let mut v = fixture_value("full.yaml");
+        v["spec"]["logging"]["uri"] = "file:///var/log".into();
+        v["spec"]["model"]["storage"]["endpoint"] = "minio:9000".into();
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("logging.uri must look like s3://bucket/prefix/"), "{err}");
+        assert!(err.contains("storage.endpoint must be an http:// or https:// URL"), "{err}");
+    }
+
     #[test]
     fn crd_names_columns_and_subresources() {
         let crd = InferenceService::crd();
