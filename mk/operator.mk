@@ -10,3 +10,9 @@ crds:
 run-operator:
 	kubectl apply --server-side -f $(OPERATOR_CRD)
 	$(CARGO) run -p kinfer-operator --bin kinfer-operator -- $(OPERATOR_ARGS)
+
+# Integration tests against a real control plane (kube-apiserver + kube-controller-manager).
+.PHONY: test-operator-integration
+test-operator-integration:
+	@test -n "$$KINFER_TEST_KUBECONFIG" || { echo "set KINFER_TEST_KUBECONFIG to the kubeconfig of a control plane"; exit 2; }
+	$(CARGO) test -p kinfer-operator --test integration -- --nocapture

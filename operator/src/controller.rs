@@ -152,10 +152,11 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
 
     // Events: applied children for a new generation, deletions, and transitions of Ready.
     if old.observed_generation != isvc.metadata.generation {
+        let reason = if old.observed_generation.is_none() { "Created" } else { "Updated" };
         ctx.publish(
             isvc,
             EventType::Normal,
-            "Applied",
+            reason,
             format!("applied {} for generation {}", applied.kinds.join(", "), isvc.metadata.generation.unwrap_or(0)),
         )
         .await;

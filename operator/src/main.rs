@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kinfer_operator::{
     config::{DEFAULT_RUNTIME_IMAGE, OperatorConfig},
@@ -80,8 +80,19 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kinfer-operator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_new(&args.log_level).with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
     match args.log_format {
@@ -118,12 +129,12 @@ async fn main() -> anyhow::Result<()> {
     let client =
         Client::try_default().await.context("no Kubernetes client: neither in-cluster config nor a kubeconfig")?;
     let reporter = Reporter { controller: "kinfer-operator".into(), instance: Some(identity.clone()) };
-    let run = controller::run(client.clone(), config, namespaces, metrics, reporter);
+    let controllers = controller::run(client.clone(), config, namespaces, metrics, reporter);
 
     if !args.leader_election {
         ready.store(true, Ordering::Relaxed);
         return tokio::select! {
-            r = run => r,
+            r = controllers => r,
             _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
         };
     }
@@ -160,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let outcome = tokio::select! {
-        r = run => r,
+        r = controllers => r,
         _ = lost => Err(anyhow::anyhow!("lost the leader lease; exiting so a standby takes over")),
         _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
     };
@@ -175,9 +186,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok(Err(e)) => warn!(error = %e, "lease manager failed"),
         Err(e) => warn!(error = %e, "lease task panicked"),
-    }
-    if let Err(e) = &outcome {
-        bail!("{e:#}");
     }
     outcome
 }
