@@ -43,7 +43,7 @@ use crate::{
     error::{Error, Result, is_rejection},
     metrics::Metrics,
     status::{READY, Rollout, compute_status, invalid_status, is_rolled_out, rollout, same_ignoring_time},
-    validate::{ValidatedService, validate},
+    validate::{Scaling, ValidatedService, validate},
 };
 
 /// Requeue while a rollout is under way: a crash-looping pod does not change the
@@ -240,7 +240,11 @@ pub async fn apply(client: &Client, isvc: &ValidatedService, children: Children)
     let mut deleted = Vec::new();
 
     apply_one(&Api::<Service>::namespaced(client.clone(), ns), &service).await?;
-    let deployment = apply_one(&Api::<Deployment>::namespaced(client.clone(), ns), &deployment).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    if matches!(isvc.scaling, Scaling::Auto(_)) {
+        hand_over_replicas(&deployments, &isvc.name).await?;
+    }
+    let deployment = apply_one(&deployments, &deployment).await?;
 
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
     match hpa {
@@ -278,6 +282,40 @@ where
         let kind = kind_name::<K>();
         if is_rejection(&source) { Error::Rejected { kind, name, source } } else { Error::Apply { kind, name, source } }
     })
+}
+
+/// Field manager that briefly holds `spec.replicas` while the HPA takes it over.
+pub const REPLICAS_HANDOVER_MANAGER: &str = "kinfer-operator-replicas-handover";
+
+/// Under autoscaling the HPA owns `spec.replicas`, so the operator's apply leaves it out. If the
+/// operator still owns the field (it applied a fixed count before), leaving it out would reset
+/// the Deployment to one replica until the HPA reacts. So the current value is first applied by
+/// a second field manager, which keeps it until the HPA's next update takes it over (the
+/// hand-over the server-side apply documentation describes for HPAs).
+async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str) -> Result<()> {
+    let Some(live) = deployments.get_opt(name).await.map_err(|source| Error::Read { what: "Deployment", source })?
+    else {
+        return Ok(());
+    };
+    let owned_by_us = live.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    if !owned_by_us {
+        return Ok(());
+    }
+    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    deployments
+        .patch(name, &PatchParams::apply(REPLICAS_HANDOVER_MANAGER), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Apply { kind: "Deployment", name: name.to_string(), source })?;
+    Ok(())
 }
 
 /// Deletes the child named like the InferenceService if (and only if) it is controlled by it.

@@ -226,6 +226,10 @@ async fn autoscaling_added_then_removed_applies_then_deletes_the_hpa() {
     assert!(h.get::<HorizontalPodAutoscaler>(&paths::hpa("iris")).is_none());
     assert_eq!(h.deployment().spec.unwrap().replicas, Some(1));
 
+    // the API server records that the operator's apply owns spec.replicas
+    h.state.lock().unwrap().objects.get_mut(&paths::deployment("iris")).unwrap()["metadata"]["managedFields"] = json!([{"manager": "kinfer-operator", "operation": "Apply",
+            "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}]);
     h.update_spec(|i| {
         i.spec.autoscaling = Some(serde_json::from_value(json!({"maxReplicas": 4})).unwrap());
         i.spec.resources = Some(serde_json::from_value(json!({"requests": {"cpu": "250m"}})).unwrap());
@@ -242,6 +246,18 @@ async fn autoscaling_added_then_removed_applies_then_deletes_the_hpa() {
         .and_then(|c| c.body.clone())
         .unwrap();
     assert!(last_apply["spec"].get("replicas").is_none(), "with autoscaling the apply leaves replicas to the HPA");
+    // ...after handing the current count to a second field manager, so it is not reset
+    let handover: Vec<_> = h
+        .state
+        .lock()
+        .unwrap()
+        .calls_to(&Method::PATCH, "/deployments/iris")
+        .into_iter()
+        .filter(|c| c.query.contains("fieldManager=kinfer-operator-replicas-handover"))
+        .map(|c| c.body.clone().unwrap())
+        .collect();
+    assert_eq!(handover.len(), 1);
+    assert_eq!(handover[0]["spec"], json!({"replicas": 1}));
 
     h.update_spec(|i| i.spec.autoscaling = None);
     h.reconcile().await.unwrap();
