@@ -90,6 +90,21 @@ pub struct Config {
     #[arg(long, env = "KINFER_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,
 
+    /// Image inputs (JPEG/PNG on /predict multipart and v2 base64 BYTES) and their preprocessing,
+    /// as `key=value` pairs, e.g. `resize=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225`
+    /// (keys: input, resize, crop, scale, mean, std, layout, channels, filter, max_megapixels;
+    /// `auto` = all defaults). Off when unset. See docs/images.md.
+    #[arg(long, env = "KINFER_IMAGE_PREPROCESS")]
+    pub image_preprocess: Option<String>,
+
+    /// Class names, one per line in class-index order, for /predict's labels and top-k.
+    #[arg(long, env = "KINFER_LABELS_FILE")]
+    pub labels_file: Option<PathBuf>,
+
+    /// Classes listed per row in /predict's `top_k` (default 5 when labels or images are on).
+    #[arg(long, env = "KINFER_TOP_K")]
+    pub top_k: Option<usize>,
+
     /// Log format.
     #[arg(long, env = "KINFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -1,9 +1,11 @@
 //! kinfer-runtime: serves one ONNX model over the Open Inference Protocol v2, KServe V1 and
 //! `/predict`, with health, readiness and Prometheus metrics on one port.
 
+pub mod classes;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod onnx_labels;
@@ -34,6 +36,7 @@ pub async fn load_model(
     env: Arc<ort::environment::Environment>,
 ) -> Result<(), Fatal> {
     let t0 = Instant::now();
+    let images = image::Prepared::from_config(cfg).map_err(Fatal)?;
     let opts = store::FetchOptions {
         cache_dir: cfg.cache_dir.clone(),
         expected_sha256: cfg.model_sha256.clone().filter(|s| !s.is_empty()),
@@ -64,7 +67,9 @@ pub async fn load_model(
     })
     .await
     .map_err(|e| Fatal(format!("model loading thread failed: {e}")))??;
-    let (sessions, info) = loaded;
+    let (sessions, mut info) = loaded;
+    let images = images.resolve(&mut info).map_err(Fatal)?;
+    let _ = state.image.set(images);
     let info = Arc::new(info);
     let hist = metrics::ModelHistograms::new(&state.metrics, &info.name);
     let batch = engine::BatchConfig {

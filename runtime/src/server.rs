@@ -43,6 +43,8 @@ pub struct AppState {
     pub limits: Limits,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Image inputs and class names for /predict (set when the model loads).
+    pub image: OnceLock<crate::image::Serving>,
 }
 
 impl AppState {
@@ -196,7 +198,8 @@ async fn v2_infer(
         ),
         None => None,
     };
-    let req = v2::decode(&body, header_len, &engine.info, st.limits)?;
+    let images = st.image.get().and_then(|s| s.pipeline.as_ref());
+    let req = v2::decode_with_images(&body, header_len, &engine.info, st.limits, images)?;
     let outputs = infer(&st, engine, req.inputs, req.timeout_ms).await?;
     let enc = v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs);
     let resp = match enc.header_len {
@@ -256,6 +259,7 @@ async fn v1_predict(
 async fn predict(
     State(st): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let engine = st.engine(&st.name, None)?;
@@ -266,9 +270,22 @@ async fn predict(
     {
         return Err(ApiError::invalid(format!("threshold must be between 0 and 1, got {t}")));
     }
-    let inputs = v1::decode(&body, &engine.info, st.limits)?;
+    // multipart/form-data: JPEG/PNG uploads for image models (one file = one row).
+    let (inputs, files) = match crate::image::multipart_boundary(&headers) {
+        Some(boundary) => {
+            let (inputs, files) =
+                crate::image::predict_inputs(st.image.get(), &engine.info, body, &boundary?, st.limits).await?;
+            (inputs, Some(files))
+        }
+        None => (v1::decode(&body, &engine.info, st.limits)?, None),
+    };
     let n = rows_of(&inputs);
     let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
+    if q.threshold.is_none()
+        && let Some(body) = crate::image::encode_predict(st.image.get(), &engine.info, &outputs, n, files.as_deref())
+    {
+        return Ok(json(StatusCode::OK, body));
+    }
     let opts = v1::PredictOptions { threshold: q.threshold };
     Ok(json(StatusCode::OK, v1::encode_predict(&engine.info, &outputs, n, opts)))
 }
@@ -387,6 +404,7 @@ pub fn new_state(
         limits,
         request_timeout,
         max_body_bytes,
+        image: OnceLock::new(),
     })
 }
 

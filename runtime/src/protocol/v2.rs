@@ -83,6 +83,18 @@ pub fn decode(
     info: &ModelInfo,
     limits: Limits,
 ) -> Result<InferRequest, ApiError> {
+    decode_with_images(body, header_len, info, limits, None)
+}
+
+/// [`decode`], where a `BYTES` input for the image input of `images` holds base64 JPEG/PNG
+/// images that become the model's FP32 tensor.
+pub fn decode_with_images(
+    body: &[u8],
+    header_len: Option<usize>,
+    info: &ModelInfo,
+    limits: Limits,
+    images: Option<&crate::image::Pipeline>,
+) -> Result<InferRequest, ApiError> {
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ApiError::invalid(format!(
@@ -164,6 +176,10 @@ pub fn decode(
                 Ok((idx, bin))
             })
             .collect::<Result<_, ApiError>>()?,
+    };
+    let tensors = match images {
+        Some(p) => p.convert_v2(tensors, limits)?,
+        None => tensors,
     };
     let inputs = check_inputs(info, tensors, limits)?;
     Ok(InferRequest { id: req.id, inputs, outputs, timeout_ms: params.timeout_ms })
