@@ -647,6 +647,36 @@ mod tests {
         assert!(err.contains("storage.endpoint must be an http:// or https:// URL"), "{err}");
     }
 
+    /// The manifests users copy from examples/ pass the CRD's CEL rules.
+    #[test]
+    fn example_manifests_pass_the_cel_rules() {
+        let validator = kube::core::cel::Validator::new();
+        let schema = schema();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut checked = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let Ok(value) = Value::deserialize(doc) else { continue };
+                if value["kind"] != "InferenceService" {
+                    continue;
+                }
+                if let Err(e) = validator.validate(&schema, &value, None) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no InferenceService found in {dir}");
+    }
+
     #[test]
     fn crd_names_columns_and_subresources() {
         let crd = InferenceService::crd();
