@@ -57,6 +57,22 @@ pub struct Config {
     #[arg(long, env = "KINFER_LOG_SAMPLE_RATE", default_value_t = 1.0)]
     pub log_sample_rate: f64,
 
+    /// Request log: cut an object once this many uncompressed bytes are queued in it.
+    #[arg(long, env = "KINFER_LOG_MAX_OBJECT_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub log_max_object_bytes: usize,
+
+    /// Request log: cut an object once its first record is this old, in milliseconds.
+    #[arg(long, env = "KINFER_LOG_FLUSH_INTERVAL_MS", default_value_t = 60_000)]
+    pub log_flush_interval_ms: u64,
+
+    /// Request log: records held in memory while S3 is slow; beyond it they are dropped and counted.
+    #[arg(long, env = "KINFER_LOG_QUEUE_CAPACITY", default_value_t = 10_000)]
+    pub log_queue_capacity: usize,
+
+    /// Request log: longest wait for the final upload at shutdown, in seconds.
+    #[arg(long, env = "KINFER_LOG_FLUSH_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub log_flush_timeout_seconds: u64,
+
     /// Directory where downloaded models are cached.
     #[arg(long, env = "KINFER_CACHE_DIR", default_value = "/tmp/kinfer-cache")]
     pub cache_dir: PathBuf,
@@ -104,6 +120,32 @@ pub struct Config {
     /// Classes listed per row in /predict's `top_k` (default 5 when labels or images are on).
     #[arg(long, env = "KINFER_TOP_K")]
     pub top_k: Option<usize>,
+
+    /// Bearer tokens accepted on the prediction endpoints, comma-separated (prefer the file or a
+    /// Secret-fed env var over this flag). Auth is off when no token is configured.
+    #[arg(long, env = "KINFER_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// File with one accepted bearer token per line (`#` comments), e.g. a mounted Secret.
+    #[arg(long, env = "KINFER_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Requests per second allowed per API key (bearer token, else `x-api-key`) on the
+    /// prediction endpoints; off when unset. Beyond it → 429 RATE_LIMITED with Retry-After.
+    #[arg(long, env = "KINFER_RATE_LIMIT_RPS")]
+    pub rate_limit_rps: Option<f64>,
+
+    /// Burst size of the per-key rate limit (default: one second's worth).
+    #[arg(long, env = "KINFER_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<f64>,
+
+    /// Inference requests served at once; beyond it → 429 RATE_LIMITED at once (0 = no limit).
+    #[arg(long, env = "KINFER_MAX_CONCURRENCY", default_value_t = 512)]
+    pub max_concurrency: usize,
+
+    /// CORS: allowed origins, `*` or a comma-separated list; off when unset.
+    #[arg(long, env = "KINFER_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
 
     /// Log format.
     #[arg(long, env = "KINFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]

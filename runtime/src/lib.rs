@@ -1,6 +1,7 @@
 //! kinfer-runtime: serves one ONNX model over the Open Inference Protocol v2, KServe V1 and
 //! `/predict`, with health, readiness and Prometheus metrics on one port.
 
+pub mod access;
 pub mod classes;
 pub mod config;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnx_labels;
 pub mod protocol;
+pub mod requestlog;
 pub mod server;
 pub mod store;
 pub mod tensor;
@@ -100,6 +102,30 @@ pub fn write_termination_log(cfg: &Config, message: &str) {
     if path.exists() {
         let _ = std::fs::write(path, message);
     }
+}
+
+/// Starts the request log when `KINFER_LOG_URI` is set.
+pub async fn start_request_log(cfg: &Config, metrics: &Metrics) -> Result<Option<Arc<requestlog::RequestLog>>, Fatal> {
+    let Some(uri) = cfg.log_uri.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
+    let (bucket, prefix) = requestlog::LogConfig::parse_uri(uri).map_err(Fatal)?;
+    if !(0.0..=1.0).contains(&cfg.log_sample_rate) {
+        return Err(Fatal(format!("KINFER_LOG_SAMPLE_RATE must be between 0 and 1, got {}", cfg.log_sample_rate)));
+    }
+    let lm = requestlog::LogMetrics::new(metrics).map_err(|e| Fatal(format!("cannot register log metrics: {e}")))?;
+    let pod = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into());
+    let lc = requestlog::LogConfig {
+        bucket,
+        prefix,
+        sample_rate: cfg.log_sample_rate,
+        max_object_bytes: cfg.log_max_object_bytes.max(1),
+        flush_interval: Duration::from_millis(cfg.log_flush_interval_ms.max(10)),
+        queue_capacity: cfg.log_queue_capacity.max(1),
+        pod,
+        model: cfg.served_name(),
+        path_style: store::path_style_from_env(),
+    };
+    tracing::info!(uri, sample_rate = cfg.log_sample_rate, "request log on");
+    Ok(Some(requestlog::RequestLog::start(lc, lm).await))
 }
 
 pub fn new_metrics() -> Result<Arc<Metrics>, Fatal> {

@@ -52,13 +52,27 @@ fn main() {
 
 async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(), Fatal> {
     let metrics = new_metrics()?;
+    let access = kinfer_runtime::access::Access::new(
+        cfg.auth_tokens.as_deref(),
+        cfg.auth_tokens_file.as_deref(),
+        cfg.rate_limit_rps,
+        cfg.rate_limit_burst,
+        cfg.max_concurrency,
+    )
+    .map_err(Fatal)?;
+    let cors = kinfer_runtime::access::cors_layer(cfg.cors_origins.as_deref()).map_err(Fatal)?;
+    let log = kinfer_runtime::start_request_log(&cfg, &metrics).await?;
     let state = server::new_state(
-        cfg.served_name(),
-        cfg.model_version.clone(),
+        server::StateConfig {
+            name: cfg.served_name(),
+            version: cfg.model_version.clone(),
+            limits: Limits { max_rows: cfg.max_rows.max(1) },
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms.max(1)),
+            max_body_bytes: cfg.max_body_bytes,
+        },
         metrics,
-        Limits { max_rows: cfg.max_rows.max(1) },
-        Duration::from_millis(cfg.request_timeout_ms.max(1)),
-        cfg.max_body_bytes,
+        access,
+        log.clone(),
     );
     let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
         .parse()
@@ -84,7 +98,7 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
 
     let shutdown_state = state.clone();
     let delay = Duration::from_secs(cfg.shutdown_delay_seconds);
-    let app = server::router(state);
+    let app = server::router(state, cors);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -96,6 +110,14 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         })
         .await
         .map_err(|e| Fatal(format!("server error: {e}")))?;
+    if let Some(log) = &log {
+        let limit = Duration::from_secs(cfg.log_flush_timeout_seconds);
+        if log.flush(limit).await {
+            tracing::info!("request log flushed");
+        } else {
+            tracing::warn!(timeout_s = limit.as_secs(), "request log not fully flushed before the deadline");
+        }
+    }
     tracing::info!("drained; exiting");
     Ok(())
 }

@@ -45,6 +45,23 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Image inputs and class names for /predict (set when the model loads).
     pub image: OnceLock<crate::image::Serving>,
+    /// Auth, rate and concurrency limits.
+    pub access: crate::access::Access,
+    /// The request/response log, when on.
+    pub log: Option<Arc<crate::requestlog::RequestLog>>,
+}
+
+/// What the request middleware and `infer` share about the request being served.
+struct RequestCtx {
+    /// Inputs and outputs of a sampled request, for the request log.
+    logged: LoggedIo,
+}
+
+/// Inputs and outputs of a sampled request, handed from `infer` to the request middleware.
+type LoggedIo = Arc<std::sync::Mutex<Option<(Vec<Tensor>, Vec<Tensor>)>>>;
+
+tokio::task_local! {
+    static REQUEST: RequestCtx;
 }
 
 impl AppState {
@@ -73,7 +90,7 @@ impl AppState {
 #[derive(Clone)]
 pub struct RequestId(pub Arc<str>);
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/v2", get(server_metadata))
@@ -91,7 +108,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::access::guard))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(tower::util::option_layer(cors))
         .with_state(state)
 }
 
@@ -172,13 +191,23 @@ async fn infer(
         Some(ms) => Duration::from_millis(ms).min(st.request_timeout),
         None => st.request_timeout,
     };
-    match tokio::time::timeout(deadline, engine.infer(inputs)).await {
+    // Sampled requests keep a copy of their inputs for the request log.
+    let log_inputs = st.log.as_ref().filter(|l| l.sampled()).map(|_| inputs.clone());
+    let result = match tokio::time::timeout(deadline, engine.infer(inputs)).await {
         Ok(r) => r,
         Err(_) => Err(ApiError::new(
             ErrorCode::InferenceTimeout,
             format!("inference did not finish within {} ms", deadline.as_millis()),
         )),
+    };
+    if let (Some(inputs), Ok(outputs)) = (log_inputs, &result) {
+        let _ = REQUEST.try_with(|ctx| {
+            if let Ok(mut slot) = ctx.logged.lock() {
+                *slot = Some((inputs, outputs.clone()));
+            }
+        });
     }
+    result
 }
 
 async fn v2_infer(
@@ -342,7 +371,11 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         st.metrics.in_flight.inc();
     }
     let path_for_log = req.uri().path().to_string();
-    let mut resp = next.run(req).await;
+    let logged = Arc::new(std::sync::Mutex::new(None));
+    let mut resp = match (&st.log, protocol) {
+        (Some(_), Some(_)) => REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).await,
+        _ => next.run(req).await,
+    };
 
     let status = resp.status();
     let err = resp.extensions_mut().remove::<ApiError>().or_else(|| {
@@ -354,6 +387,12 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         let status = if status == StatusCode::METHOD_NOT_ALLOWED { status } else { err.code.status() };
         let mut r = json(status, err.body(&id));
         std::mem::swap(r.extensions_mut(), resp.extensions_mut());
+        // Keep headers the error set (WWW-Authenticate, Retry-After, CORS), not its body's.
+        for (name, value) in resp.headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                r.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
         resp = r;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -366,6 +405,29 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         let code = resp.status().as_u16().to_string();
         st.metrics.requests.with_label_values(&[model, protocol, &code]).inc();
         st.metrics.request_duration.with_label_values(&[model, protocol]).observe(elapsed.as_secs_f64());
+    }
+    if let (Some(log), Some(protocol)) = (&st.log, protocol) {
+        let io = logged.lock().ok().and_then(|mut s| s.take());
+        if io.is_some() || (err.is_some() && log.sampled()) {
+            let (inputs, outputs) = match io {
+                Some((i, o)) => {
+                    (Some(i.into_iter().map(Into::into).collect()), Some(o.into_iter().map(Into::into).collect()))
+                }
+                None => (None, None),
+            };
+            log.submit(crate::requestlog::Record {
+                request_id: id.to_string(),
+                time: time::OffsetDateTime::now_utc(),
+                model: st.name.clone(),
+                version: st.version.clone(),
+                protocol,
+                status: resp.status().as_u16(),
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                inputs,
+                outputs,
+                error: err.as_ref().map(|e| e.message.clone()),
+            });
+        }
     }
     let latency_us = elapsed.as_micros() as u64;
     match &err {
@@ -386,25 +448,33 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
 }
 
 /// The state for a model that is about to load.
+pub struct StateConfig {
+    pub name: String,
+    pub version: String,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
 pub fn new_state(
-    name: String,
-    version: String,
+    cfg: StateConfig,
     metrics: Arc<Metrics>,
-    limits: Limits,
-    request_timeout: Duration,
-    max_body_bytes: usize,
+    access: crate::access::Access,
+    log: Option<Arc<crate::requestlog::RequestLog>>,
 ) -> Arc<AppState> {
     Arc::new(AppState {
-        name,
-        version,
+        name: cfg.name,
+        version: cfg.version,
         engine: OnceLock::new(),
         ready: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         metrics,
-        limits,
-        request_timeout,
-        max_body_bytes,
+        limits: cfg.limits,
+        request_timeout: cfg.request_timeout,
+        max_body_bytes: cfg.max_body_bytes,
         image: OnceLock::new(),
+        access,
+        log,
     })
 }
 

@@ -18,12 +18,16 @@ pub async fn serve(root: &Path, listener: TcpListener, access_key: &str, secret_
         b.build()
     };
     let http = ConnBuilder::new(TokioExecutor::new());
+    // Connections live in this future's JoinSet: dropping the future (aborting its task) closes
+    // them all, as a store going down would.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (socket, _) = listener.accept().await?;
         let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _ = conn.await;
         });
+        while conns.try_join_next().is_some() {}
     }
 }
 

@@ -1,0 +1,268 @@
+//! Who may call the prediction endpoints, and how much: bearer-token auth, a per-key request
+//! rate limit, a limit on concurrent inference requests, and CORS. Health, metrics and docs stay
+//! open. Tokens are compared in constant time and never logged.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderValue, Method, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    error::{ApiError, ErrorCode},
+    server::AppState,
+};
+
+/// Access settings, built once at start.
+pub struct Access {
+    tokens: Option<Vec<Vec<u8>>>,
+    rate: Option<RateLimiter>,
+    concurrency: Option<Arc<Semaphore>>,
+    max_concurrency: usize,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the tokens themselves.
+        f.debug_struct("Access")
+            .field("tokens", &self.tokens.as_ref().map(Vec::len))
+            .field("rate_limited", &self.rate.is_some())
+            .field("max_concurrency", &self.max_concurrency)
+            .finish()
+    }
+}
+
+impl Access {
+    /// `tokens`: comma-separated list; `tokens_file`: one token per line (`#` comments).
+    pub fn new(
+        tokens: Option<&str>,
+        tokens_file: Option<&std::path::Path>,
+        rate_rps: Option<f64>,
+        rate_burst: Option<f64>,
+        max_concurrency: usize,
+    ) -> Result<Access, String> {
+        let mut list: Vec<Vec<u8>> = Vec::new();
+        if let Some(t) = tokens {
+            list.extend(t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| t.as_bytes().to_vec()));
+        }
+        if let Some(path) = tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read KINFER_AUTH_TOKENS_FILE {}: {e}", path.display()))?;
+            list.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|t| t.as_bytes().to_vec()),
+            );
+            if list.is_empty() {
+                return Err(format!("KINFER_AUTH_TOKENS_FILE {} holds no token", path.display()));
+            }
+        }
+        let rate = match rate_rps {
+            Some(r) if r > 0.0 && r.is_finite() => Some(RateLimiter::new(r, rate_burst.unwrap_or(r).max(1.0))),
+            Some(r) if r != 0.0 => return Err(format!("KINFER_RATE_LIMIT_RPS must be positive, got {r}")),
+            _ => None,
+        };
+        Ok(Access {
+            tokens: (!list.is_empty()).then_some(list),
+            rate,
+            concurrency: (max_concurrency > 0).then(|| Arc::new(Semaphore::new(max_concurrency))),
+            max_concurrency,
+        })
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    fn authorized(&self, presented: Option<&[u8]>) -> bool {
+        match (&self.tokens, presented) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(list), Some(p)) => list.iter().fold(false, |ok, t| ok | ct_eq(t, p)),
+        }
+    }
+}
+
+/// Constant-time equality (length leaks, contents do not).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Token buckets per API key.
+struct RateLimiter {
+    rps: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<Vec<u8>, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn new(rps: f64, burst: f64) -> Self {
+        RateLimiter { rps, burst, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one token for `key`; `Err(seconds to wait)` when the bucket is empty.
+    fn take(&self, key: &[u8]) -> Result<(), f64> {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
+        if buckets.len() > 100_000 {
+            // Forget keys idle long enough to have refilled completely.
+            let full = self.burst / self.rps;
+            buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs_f64() < full);
+        }
+        let (tokens, last) = buckets.entry(key.to_vec()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rps).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - *tokens) / self.rps)
+        }
+    }
+}
+
+/// Paths that need a token: model metadata, readiness and inference.
+fn protected(path: &str) -> bool {
+    path.starts_with("/v2/models") || path.starts_with("/v1/models") || path == "/predict"
+}
+
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let v = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let rest = v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))?;
+    Some(rest.trim_ascii())
+}
+
+/// The middleware: auth, then the per-key rate limit, then the concurrency limit.
+pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let access = &st.access;
+    if req.method() == Method::OPTIONS || !protected(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let token = bearer(&req);
+    if !access.authorized(token) {
+        let msg = if token.is_none() {
+            "missing bearer token: send `Authorization: Bearer <token>`"
+        } else {
+            "invalid bearer token"
+        };
+        let mut resp = ApiError::new(ErrorCode::Unauthorized, msg).into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    if let Some(rate) = &access.rate {
+        let key = token.or_else(|| req.headers().get("x-api-key").map(HeaderValue::as_bytes)).unwrap_or(b"anonymous");
+        if let Err(wait) = rate.take(key) {
+            let mut resp = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("rate limit of {} requests/s for this API key exceeded; retry in {:.2} s", rate.rps, wait),
+            )
+            .into_response();
+            let secs = wait.ceil().max(1.0) as u64;
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
+        }
+    }
+    let _permit = if req.method() == Method::POST
+        && let Some(sem) = &access.concurrency
+    {
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "server busy: {} inference requests in flight (KINFER_MAX_CONCURRENCY); retry later",
+                        access.max_concurrency
+                    ),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    next.run(req).await
+}
+
+/// CORS for the configured origins (`*` or a comma-separated list); `None` when off.
+pub fn cors_layer(origins: Option<&str>) -> Result<Option<CorsLayer>, String> {
+    let Some(origins) = origins.map(str::trim).filter(|o| !o.is_empty()) else { return Ok(None) };
+    let allow = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| HeaderValue::from_str(o).map_err(|_| format!("KINFER_CORS_ORIGINS: invalid origin {o:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("x-request-id"),
+                header::HeaderName::from_static("x-api-key"),
+                header::HeaderName::from_static("inference-header-content-length"),
+            ])
+            .expose_headers([
+                header::HeaderName::from_static("x-request-id"),
+                header::HeaderName::from_static("inference-header-content-length"),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "# team tokens\nalpha\n\n beta \n").unwrap();
+        let a = Access::new(Some("gamma, ,delta"), Some(&f), None, None, 0).unwrap();
+        for t in ["alpha", "beta", "gamma", "delta"] {
+            assert!(a.authorized(Some(t.as_bytes())), "{t}");
+        }
+        assert!(!a.authorized(Some(b"alph")));
+        assert!(!a.authorized(None));
+        assert!(Access::new(None, None, None, None, 0).unwrap().authorized(None));
+        std::fs::write(&f, "# none\n").unwrap();
+        assert!(Access::new(None, Some(&f), None, None, 0).unwrap_err().contains("holds no token"));
+    }
+
+    #[test]
+    fn buckets_refill_per_key() {
+        let r = RateLimiter::new(1000.0, 2.0);
+        assert!(r.take(b"a").is_ok());
+        assert!(r.take(b"a").is_ok());
+        assert!(r.take(b"a").is_err());
+        assert!(r.take(b"b").is_ok(), "keys are independent");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(r.take(b"a").is_ok(), "refilled");
+    }
+
+    #[test]
+    fn cors_origins_parse() {
+        assert!(cors_layer(None).unwrap().is_none());
+        assert!(cors_layer(Some("*")).unwrap().is_some());
+        assert!(cors_layer(Some("https://a.example, https://b.example")).unwrap().is_some());
+        assert!(cors_layer(Some("bad\norigin")).is_err());
+    }
+}
