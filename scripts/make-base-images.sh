@@ -44,7 +44,8 @@ if want "$DEBIAN_IMAGE"; then
   fi
   # Keep it slim like the official image: no apt lists, caches, docs or man pages.
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
-    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
+    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log \
+    "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/debconf/*-old
   tar --numeric-owner -C "$rootfs" -c . | podman import -q --change 'CMD ["bash"]' - "$DEBIAN_IMAGE" >/dev/null
   rm -rf "$rootfs"
   trap - EXIT

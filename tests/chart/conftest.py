@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+import helm_python as helm  # PyPI helm-python-sdk: Helm's Go SDK, no helm binary
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "charts" / "kinfer-operator"

@@ -7,12 +7,11 @@ from __future__ import annotations
 import copy
 import re
 
+import jsonschema
 import pytest
 import yaml
 
 from conftest import CRD_NAME, ROOT
-
-jsonschema = pytest.importorskip("jsonschema")
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 KIND_MANIFESTS = sorted((ROOT / "examples" / "kind").glob("*.yaml"))
