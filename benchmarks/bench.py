@@ -1,0 +1,699 @@
+#!/usr/bin/env python3
+"""`make bench`: kinfer-runtime against the in-process floor and a FastAPI baseline.
+
+Standard library only. Expects (mk/bench.mk provides them): the release runtime and the `floor`
+example built, ORT_DYLIB_PATH set, wrk on PATH and the baseline's venv (.tools/bench-venv).
+
+Sections, each measured with every variant's server up at once and the variants interleaved
+case by case within each repeat, so that ratios are taken side by side:
+  ready     process start -> GET /v2/health/ready 200, per example model (local file)
+  main      model x protocol (v2, v1) x rows (1, 64) x connections (1, 32): kinfer vs the FastAPI
+            baseline vs the floor (the same model through `model::run`, one thread, no HTTP)
+  batching  the MLP, 1-row requests at 1/32/64 connections, dynamic batching off / on
+  sessions  the tabular model, sessions x intra-op threads
+  logging   the tabular model, access log on (default, KINFER_LOG=info) / off (KINFER_LOG=warn)
+
+Environment: BENCH_QUICK=1 (tabular only, 1 repeat, 1 s runs), BENCH_REPEAT (3), BENCH_DURATION
+(s, 3), BENCH_WARMUP (s, 1), BENCH_MODELS (iris,tabular,mlp), BENCH_SECTIONS
+(ready,main,batching,sessions,logging), BENCH_WORKERS (uvicorn workers: the CPU count),
+BENCH_WRK_THREADS (1), BENCH_OUT (benchmarks/results). Writes BENCH_OUT/results.json and
+BENCH_OUT/report.md and prints the report.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BUILT_RUNTIME = TARGET / "release" / "kinfer-runtime"
+BUILT_FLOOR = TARGET / "release" / "examples" / "floor"
+VENV_PY = ROOT / ".tools" / "bench-venv" / "bin" / "python"
+LUA = ROOT / "benchmarks" / "post.lua"
+
+
+def env_int(name: str, default: int) -> int:
+    v = os.environ.get(name, "")
+    return int(v) if v.strip() else default
+
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+REPEAT = env_int("BENCH_REPEAT", 1 if QUICK else 3)
+DURATION = env_int("BENCH_DURATION", 1 if QUICK else 3)
+WARMUP = env_int("BENCH_WARMUP", 1)
+MODELS = [m for m in os.environ.get("BENCH_MODELS", "tabular" if QUICK else "iris,tabular,mlp").split(",") if m]
+SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging").split(",") if s]
+NPROC = os.cpu_count() or 1
+WORKERS = env_int("BENCH_WORKERS", NPROC)
+WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
+OUT = Path(os.environ.get("BENCH_OUT", ROOT / "benchmarks" / "results"))
+BODIES = OUT / "bodies"
+# Copies of the binaries, taken at the start, so a rebuild during the run changes nothing.
+RUNTIME = OUT / "bin" / "kinfer-runtime"
+FLOOR = OUT / "bin" / "floor"
+LOGS = OUT / "logs"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine and its load
+
+
+def machine() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "nproc": NPROC,
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": wrk_version[0] if wrk_version else "?",
+    }
+
+
+def revision() -> str:
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "runtime", "Cargo.toml", "Cargo.lock")
+    return rev + (" + uncommitted runtime changes" if dirty else "")
+
+
+def busy_processes() -> list[str]:
+    """Other builds on the machine (cargo, rustc, cc, ld, podman/buildah), by name."""
+    names = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in ("cargo", "rustc", "cc1", "cc1plus", "ld", "podman", "buildah", "conmon") or comm.startswith("rustc"):
+            names.append(comm)
+    return names
+
+
+def load_snapshot(label: str) -> dict:
+    la = os.getloadavg()
+    busy = busy_processes()
+    snap = {"at": time.strftime("%H:%M:%S", time.gmtime()), "section": label, "loadavg": [round(x, 2) for x in la],
+            "builds": len(busy), "build_procs": sorted(set(busy))}
+    log(f"load {label}: loadavg {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}, build processes: {len(busy)} {sorted(set(busy))}")
+    return snap
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies
+
+
+def example_rows(model: str) -> tuple[list[float], int]:
+    d = json.loads((ROOT / "examples" / "models" / model / "expected.json").read_text())
+    inp = d["inputs"][0]
+    return [float(x) for x in inp["data"]], int(inp["shape"][1])
+
+
+def rows_of(model: str, n: int) -> list[list[float]]:
+    data, cols = example_rows(model)
+    count = max(1, len(data) // cols)
+    return [data[(r % count) * cols:(r % count) * cols + cols] for r in range(n)]
+
+
+def body_file(model: str, proto: str, n: int) -> Path:
+    BODIES.mkdir(parents=True, exist_ok=True)
+    path = BODIES / f"{model}-{proto}-{n}.json"
+    rows = rows_of(model, n)
+    if proto == "v1":
+        body = {"instances": rows}
+    else:
+        body = {"inputs": [{"name": "input", "shape": [n, len(rows[0])], "datatype": "FP32",
+                            "data": [x for r in rows for x in r]}]}
+    path.write_text(json.dumps(body, separators=(",", ":")))
+    return path
+
+
+def url_path(proto: str, name: str) -> str:
+    return f"/v2/models/{name}/infer" if proto == "v2" else f"/v1/models/{name}:predict"
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 1.0) -> int:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def http_post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(p.name))
+            out.extend(children(int(p.name)))
+    return out
+
+
+def status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Server:
+    label: str  # e.g. "kinfer", "baseline", "kinfer s2t1"
+    kind: str  # "kinfer" | "baseline"
+    model: str
+    args: list[str] = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    ready_s: float = 0.0
+
+    def start(self) -> None:
+        self.port = free_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        safe = self.label.replace(" ", "_").replace("/", "_")
+        err = open(LOGS / f"{self.model}-{safe}.stderr", "wb")
+        env = dict(os.environ)
+        env.update(self.env)
+        model_path = ROOT / "examples" / "models" / self.model / "model.onnx"
+        if self.kind == "kinfer":
+            cmd = [str(RUNTIME), "--model-uri", str(model_path), "--model-name", self.model,
+                   "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        else:
+            env.update({"BASELINE_MODEL": str(model_path), "BASELINE_NAME": self.model, "BASELINE_THREADS": "1"})
+            cmd = [str(VENV_PY), "-m", "uvicorn", "benchmarks.fastapi_server:app", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(WORKERS), *self.args]
+        self.started = time.perf_counter()
+        # stdout (kinfer's JSON access log, uvicorn's access log) is discarded: its cost is still
+        # paid (formatting and the write), not the disk it would fill.
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                     process_group=0)
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        assert self.proc is not None
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} ({self.model}) exited with {self.proc.returncode}; see {LOGS}")
+            try:
+                if http_get(self.port, "/v2/health/ready", timeout=0.5) == 200:
+                    self.ready_s = time.perf_counter() - self.started
+                    return self.ready_s
+            except OSError:
+                pass
+            time.sleep(0.002)
+        raise RuntimeError(f"{self.label} ({self.model}) not ready after {timeout} s")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)] if self.proc else []
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) in MB (10^6 bytes), summed over the process tree."""
+        return sum(status_kb(p, "VmHWM") for p in self.pids()) * 1024 / 1e6
+
+    def rss_mb(self) -> float:
+        return sum(status_kb(p, "VmRSS") for p in self.pids()) * 1024 / 1e6
+
+    def stop(self) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def start_all(servers: list[Server]) -> None:
+    for s in servers:
+        s.start()
+    for s in servers:
+        s.wait_ready()
+        log(f"{s.model}/{s.label} ready on :{s.port} after {s.ready_s * 1000:.0f} ms")
+
+
+def stop_all(servers: list[Server]) -> None:
+    for s in servers:
+        s.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+def wrk(port: int, path: str, body: Path, conns: int, seconds: int) -> dict:
+    threads = max(1, min(WRK_THREADS, conns))
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
+           "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY": str(body)})
+    for line in r.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            d = json.loads(line[len("BENCH_JSON "):])
+            d["rps"] = d["requests"] / (d["duration_us"] / 1e6)
+            d["errors"] = d["status_errors"] + d["connect_errors"] + d["read_errors"] + d["write_errors"] + d["timeouts"]
+            return d
+    raise RuntimeError(f"wrk gave no result (rc {r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+
+
+def measure(server: Server, proto: str, rows: int, conns: int, body: Path) -> dict:
+    path = url_path(proto, server.model)
+    if WARMUP > 0:
+        wrk(server.port, path, body, conns, WARMUP)
+    d = wrk(server.port, path, body, conns, DURATION)
+    d["rows_s"] = d["rps"] * rows
+    return d
+
+
+def approx_equal(a, b, tol=1e-4) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= tol * max(1.0, abs(float(a)))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(approx_equal(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(approx_equal(a[k], b[k], tol) for k in a)
+    return a == b
+
+
+def check_same_answers(servers: list[Server], model: str) -> list[str]:
+    """Every server answers 200 to every body, and the V1 predictions agree."""
+    problems = []
+    for proto in ("v1", "v2"):
+        for n in (1, 64):
+            body = body_file(model, proto, n).read_bytes()
+            answers = {}
+            for s in servers:
+                status, out = http_post(s.port, url_path(proto, model), body)
+                if status != 200:
+                    problems.append(f"{model} {s.label} {proto} {n} rows: HTTP {status}: {out[:300]!r}")
+                    continue
+                answers[s.label] = json.loads(out)
+            if proto == "v1" and len(answers) > 1:
+                labels = list(answers)
+                ref = answers[labels[0]]["predictions"]
+                for other in labels[1:]:
+                    if not approx_equal(ref, answers[other]["predictions"]):
+                        problems.append(f"{model} v1 {n} rows: {labels[0]} and {other} disagree: "
+                                        f"{json.dumps(ref)[:200]} vs {json.dumps(answers[other]['predictions'])[:200]}")
+    return problems
+
+
+def floor(model: str) -> dict[int, dict]:
+    r = subprocess.run([str(FLOOR), "--models", model, "--rows", "1,64", "--seconds", "1", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, check=True)
+    out = {}
+    for line in r.stdout.splitlines():
+        d = json.loads(line)
+        out[int(d["rows"])] = d
+    return out
+
+
+def med(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+RESULTS: dict = {"machine": {}, "settings": {}, "load": [], "ready": {}, "main": [], "floor": [], "rss": {},
+                 "variants": {}, "problems": []}
+
+
+def section_ready() -> None:
+    RESULTS["load"].append(load_snapshot("ready"))
+    for model in ["iris", "tabular", "mlp"]:
+        times = []
+        for _ in range(1 if QUICK else 3):
+            s = Server("kinfer", "kinfer", model, env={"KINFER_LOG": "warn"})
+            s.start()
+            try:
+                times.append(s.wait_ready() * 1000)
+            finally:
+                s.stop()
+        RESULTS["ready"][model] = {"runs_ms": [round(t, 1) for t in times], "median_ms": round(med(times), 1)}
+        log(f"ready {model}: {times}")
+
+
+MAIN_CASES = [(proto, rows, conns) for proto in ("v2", "v1") for rows in (1, 64) for conns in (1, 32)]
+
+
+def section_main() -> None:
+    for model in MODELS:
+        RESULTS["load"].append(load_snapshot(f"main {model}"))
+        servers = [Server("kinfer", "kinfer", model), Server("baseline", "baseline", model)]
+        try:
+            start_all(servers)
+            problems = check_same_answers(servers, model)
+            for p in problems:
+                log("PROBLEM " + p)
+            RESULTS["problems"].extend(problems)
+            bodies = {(proto, rows): body_file(model, proto, rows) for proto, rows, _ in MAIN_CASES}
+            for rep in range(REPEAT):
+                fl = floor(model)
+                for rows, d in fl.items():
+                    RESULTS["floor"].append({"model": model, "rows": rows, "rep": rep, **d})
+                for proto, rows, conns in MAIN_CASES:
+                    for s in servers:
+                        d = measure(s, proto, rows, conns, bodies[(proto, rows)])
+                        RESULTS["main"].append({"model": model, "server": s.label, "proto": proto, "rows": rows,
+                                                "conns": conns, "rep": rep, **d})
+                        log(f"{model} {s.label:8} {proto} rows={rows:<2} c={conns:<2} rep={rep}: "
+                            f"{d['rps']:9.0f} req/s p50={d['p50_us']}µs p99={d['p99_us']}µs err={d['errors']}")
+            for s in servers:
+                RESULTS["rss"].setdefault(model, {})[s.label] = {"peak_mb": round(s.peak_rss_mb(), 1),
+                                                                 "now_mb": round(s.rss_mb(), 1),
+                                                                 "processes": len(s.pids())}
+        finally:
+            stop_all(servers)
+
+
+def section_variants(name: str, model: str, variants: list[tuple[str, list[str], dict]],
+                     cases: list[tuple[str, int, int]]) -> None:
+    RESULTS["load"].append(load_snapshot(name))
+    servers = [Server(label, "kinfer", model, args=args, env=env) for label, args, env in variants]
+    out = []
+    try:
+        start_all(servers)
+        bodies = {(p, r): body_file(model, p, r) for p, r, _ in cases}
+        for rep in range(REPEAT):
+            for proto, rows, conns in cases:
+                for s in servers:
+                    d = measure(s, proto, rows, conns, bodies[(proto, rows)])
+                    out.append({"variant": s.label, "model": model, "proto": proto, "rows": rows, "conns": conns,
+                                "rep": rep, **d})
+                    log(f"{name} {s.label:22} {proto} rows={rows:<2} c={conns:<2} rep={rep}: {d['rps']:9.0f} req/s "
+                        f"p50={d['p50_us']}µs p99={d['p99_us']}µs err={d['errors']}")
+        rss = {s.label: round(s.peak_rss_mb(), 1) for s in servers}
+    finally:
+        stop_all(servers)
+    RESULTS["variants"][name] = {"model": model, "runs": out, "peak_rss_mb": rss,
+                                 "args": {label: " ".join(args) + "".join(f" {k}={v}" for k, v in env.items())
+                                          for label, args, env in variants}}
+
+
+def section_batching() -> None:
+    section_variants("batching", "mlp", [
+        ("off", [], {}),
+        ("batch32 delay0", ["--max-batch-size", "32"], {}),
+        ("batch32 delay200us", ["--max-batch-size", "32", "--max-batch-delay-us", "200"], {}),
+    ], [("v2", 1, 1), ("v2", 1, 32), ("v2", 1, 64)])
+
+
+def section_sessions() -> None:
+    section_variants("sessions", "tabular", [
+        ("sessions=1 threads=1", ["--sessions", "1", "--threads", "1"], {}),
+        ("sessions=1 threads=2", ["--sessions", "1", "--threads", "2"], {}),
+        ("sessions=2 threads=1", ["--sessions", "2", "--threads", "1"], {}),
+    ], [("v2", 1, 1), ("v2", 1, 32), ("v2", 64, 32)])
+
+
+def section_logging() -> None:
+    section_variants("logging", "tabular", [
+        ("KINFER_LOG=info", [], {"KINFER_LOG": "info"}),
+        ("KINFER_LOG=warn", [], {"KINFER_LOG": "warn"}),
+    ], [("v2", 1, 1), ("v2", 1, 32)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    if x != x:  # NaN
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def ratio_str(x: float) -> str:
+    return "–" if x != x else (f"{x:.2f}×" if x < 10 else f"{x:.1f}×")
+
+
+def pct(x: float) -> str:
+    return "–" if x != x else f"{x * 100:.0f}%"
+
+
+def main_rows() -> list[dict]:
+    """Medians over repeats, and ratios taken per repeat (side by side) then the median."""
+    rows = []
+    for model in MODELS:
+        for proto, n, conns in MAIN_CASES:
+            def runs(server):
+                return [r for r in RESULTS["main"] if r["model"] == model and r["server"] == server
+                        and r["proto"] == proto and r["rows"] == n and r["conns"] == conns]
+            k, b = runs("kinfer"), runs("baseline")
+            if not k:
+                continue
+            fl = {f["rep"]: f for f in RESULTS["floor"] if f["model"] == model and f["rows"] == n}
+            vs_base = [kr["rps"] / br["rps"] for kr in k for br in b if br["rep"] == kr["rep"] and br["rps"] > 0]
+            vs_floor = [kr["rps"] / fl[kr["rep"]]["calls_s"] for kr in k if kr["rep"] in fl]
+            over_floor = [kr["p50_us"] - fl[kr["rep"]]["p50_us"] for kr in k if kr["rep"] in fl]
+            rows.append({
+                "model": model, "proto": proto, "rows": n, "conns": conns,
+                "k_rps": med([r["rps"] for r in k]), "k_rows_s": med([r["rows_s"] for r in k]),
+                "k_p50": med([r["p50_us"] for r in k]), "k_p99": med([r["p99_us"] for r in k]),
+                "k_err": sum(r["errors"] for r in k), "k_req": sum(r["requests"] for r in k),
+                "b_rps": med([r["rps"] for r in b]), "b_p50": med([r["p50_us"] for r in b]),
+                "b_p99": med([r["p99_us"] for r in b]), "b_err": sum(r["errors"] for r in b),
+                "vs_base": med(vs_base), "vs_floor": med(vs_floor), "over_floor_us": med(over_floor),
+                "floor_calls_s": med([f["calls_s"] for f in fl.values()]),
+                "floor_p50": med([f["p50_us"] for f in fl.values()]),
+            })
+    return rows
+
+
+def us(x: float) -> str:
+    return "–" if x != x else (f"{x / 1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs")
+
+
+def report() -> str:
+    m = RESULTS["machine"]
+    lines = [f"Revision: {RESULTS.get('revision', '?')}.",
+             f"Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('memory')}, Linux {m.get('kernel')}; "
+             f"{m.get('wrk')}; Python {m.get('python')}.",
+             f"Settings: {REPEAT} repeat(s), {DURATION} s per run after a {WARMUP} s warm-up, wrk -t{WRK_THREADS}, "
+             f"baseline uvicorn --workers {WORKERS}, medians over repeats; ratios per repeat (side by side), "
+             f"then their median.", ""]
+    lines.append("Load on the machine during the run (1-min load average; other build processes seen):")
+    lines.append("")
+    for snap in RESULTS["load"]:
+        lines.append(f"- {snap['at']} UTC {snap['section']}: load {snap['loadavg'][0]:.2f} / {snap['loadavg'][1]:.2f} "
+                     f"/ {snap['loadavg'][2]:.2f}, {snap['builds']} build processes {snap['build_procs'] or ''}")
+    lines.append("")
+    if RESULTS["problems"]:
+        lines.append("Problems:")
+        lines.extend(f"- {p}" for p in RESULTS["problems"])
+        lines.append("")
+    if RESULTS["ready"]:
+        lines.append("### Time to ready (process start → `GET /v2/health/ready` 200, local file)")
+        lines.append("")
+        lines.append("| model | median | runs |")
+        lines.append("|---|---:|---|")
+        for model, d in RESULTS["ready"].items():
+            lines.append(f"| {model} | {d['median_ms']:.0f} ms | {', '.join(f'{x:.0f}' for x in d['runs_ms'])} ms |")
+        lines.append("")
+    if RESULTS["floor"]:
+        lines.append("### Floors (in-process, `model::run`, 1 thread, no HTTP)")
+        lines.append("")
+        lines.append("| model | rows | p50 | calls/s | rows/s |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for model in MODELS:
+            for n in (1, 64):
+                fs = [f for f in RESULTS["floor"] if f["model"] == model and f["rows"] == n]
+                if fs:
+                    lines.append(f"| {model} | {n} | {med([f['p50_us'] for f in fs]):.1f} µs | "
+                                 f"{fmt(med([f['calls_s'] for f in fs]))} | {fmt(med([f['rows_s'] for f in fs]))} |")
+        lines.append("")
+    rows = main_rows()
+    if rows:
+        lines.append("### kinfer vs the FastAPI baseline vs the floor")
+        lines.append("")
+        lines.append("kinfer/floor: the server's requests/s over the floor's calls/s for the same batch (= rows/s over "
+                     "rows/s); Δp50: the server's p50 minus the floor's per-call p50. Errors: non-2xx + socket errors, "
+                     "summed over repeats.")
+        lines.append("")
+        lines.append("| model | proto | rows | conns | kinfer req/s | rows/s | p50 | p99 | err | baseline req/s | "
+                     "b. p50 | b. p99 | b. err | kinfer/baseline | kinfer/floor | Δp50 vs floor |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            lines.append(f"| {r['model']} | {r['proto']} | {r['rows']} | {r['conns']} | {fmt(r['k_rps'])} | "
+                         f"{fmt(r['k_rows_s'])} | {us(r['k_p50'])} | {us(r['k_p99'])} | {r['k_err']} | "
+                         f"{fmt(r['b_rps'])} | {us(r['b_p50'])} | {us(r['b_p99'])} | {r['b_err']} | "
+                         f"{ratio_str(r['vs_base'])} | {pct(r['vs_floor'])} | {fmt(r['over_floor_us'])} µs |")
+        lines.append("")
+    if RESULTS["rss"]:
+        lines.append("### Peak RSS (VmHWM after the whole model's run, MB = 10^6 bytes)")
+        lines.append("")
+        lines.append("| model | kinfer | baseline (all uvicorn processes) |")
+        lines.append("|---|---:|---:|")
+        for model, d in RESULTS["rss"].items():
+            k, b = d.get("kinfer", {}), d.get("baseline", {})
+            lines.append(f"| {model} | {k.get('peak_mb', 0):.1f} MB | {b.get('peak_mb', 0):.1f} MB "
+                         f"({b.get('processes', 0)} processes) |")
+        lines.append("")
+    for name, v in RESULTS["variants"].items():
+        lines.append(f"### {name} ({v['model']})")
+        lines.append("")
+        labels = list(v["args"])
+        cases = sorted({(r["proto"], r["rows"], r["conns"]) for r in v["runs"]}, key=lambda c: (c[1], c[2]))
+        lines.append("| case | " + " | ".join(f"{lab} req/s (p50 / p99)" for lab in labels) + " | best vs first |")
+        lines.append("|---|" + "---:|" * (len(labels) + 1))
+        for proto, n, conns in cases:
+            cells, meds = [], []
+            for lab in labels:
+                rs = [r for r in v["runs"] if r["variant"] == lab and (r["proto"], r["rows"], r["conns"]) == (proto, n, conns)]
+                rps = med([r["rps"] for r in rs])
+                meds.append(rps)
+                cells.append(f"{fmt(rps)} ({us(med([r['p50_us'] for r in rs]))} / {us(med([r['p99_us'] for r in rs]))}"
+                             f"{', ' + str(sum(r['errors'] for r in rs)) + ' err' if sum(r['errors'] for r in rs) else ''})")
+            best = max(range(len(meds)), key=lambda i: meds[i])
+            lines.append(f"| {proto} {n} row{'s' if n > 1 else ''}, {conns} conn | " + " | ".join(cells)
+                         + f" | {labels[best]}: {ratio_str(meds[best] / meds[0]) if meds[0] else '–'} |")
+        lines.append("")
+        lines.append("Peak RSS: " + ", ".join(f"{k} {x:.1f} MB" for k, x in v["peak_rss_mb"].items()) + ".")
+        lines.append("")
+    lines.extend(targets(rows))
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    out = ["### Targets (issue 5)", "", "| target | measured | verdict |", "|---|---|---|"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "not yet"
+
+    def find(model, proto, n, conns):
+        return next((r for r in rows if (r["model"], r["proto"], r["rows"], r["conns"]) == (model, proto, n, conns)), None)
+
+    for proto in ("v2", "v1"):
+        r = find("tabular", proto, 1, 32)
+        if r:
+            out.append(f"| tabular, 1 row, 32 conns, {proto}: ≥ 12× baseline req/s | {ratio_str(r['vs_base'])} "
+                       f"({fmt(r['k_rps'])} vs {fmt(r['b_rps'])}) | {verdict(r['vs_base'] >= 12)} |")
+            out.append(f"| tabular, 1 row, 32 conns, {proto}: p99 ≤ 2 ms | {us(r['k_p99'])} | {verdict(r['k_p99'] <= 2000)} |")
+            out.append(f"| tabular, 1 row, 32 conns, {proto}: ≥ 35% of the floor's calls/s | {pct(r['vs_floor'])} "
+                       f"({fmt(r['k_rps'])} vs {fmt(r['floor_calls_s'])}) | {verdict(r['vs_floor'] >= 0.35)} |")
+    for r in rows:
+        if r["rows"] == 1 and r["conns"] == 1:
+            out.append(f"| {r['model']}, 1 row, 1 conn, {r['proto']}: p50 ≤ floor + 50 µs | {us(r['k_p50'])} vs floor "
+                       f"{r['floor_p50']:.0f} µs: +{r['over_floor_us']:.0f} µs | {verdict(r['over_floor_us'] <= 50)} |")
+    for r in rows:
+        if r["rows"] == 64 and r["conns"] == 32:
+            out.append(f"| {r['model']}, 64 rows, 32 conns, {r['proto']}: rows/s ≥ 85% of the floor | "
+                       f"{pct(r['vs_floor'])} ({fmt(r['k_rows_s'])} vs {fmt(r['floor_calls_s'] * 64)}) | "
+                       f"{verdict(r['vs_floor'] >= 0.85)} |")
+    if "tabular" in RESULTS["rss"]:
+        mb = RESULTS["rss"]["tabular"]["kinfer"]["peak_mb"]
+        out.append(f"| tabular: RSS ≤ 60 MB | {mb:.1f} MB peak | {verdict(mb <= 60)} |")
+    for model, d in RESULTS["ready"].items():
+        out.append(f"| {model}: ready ≤ 1 s | {d['median_ms']:.0f} ms | {verdict(d['median_ms'] <= 1000)} |")
+    out.append("")
+    return out
+
+
+def main() -> int:
+    for p, what in ((BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
+                    (VENV_PY, "the bench venv")):
+        if not p.exists():
+            print(f"bench: {what} is missing at {p}; run `make bench`", file=sys.stderr)
+            return 2
+    if not os.environ.get("ORT_DYLIB_PATH"):
+        print("bench: ORT_DYLIB_PATH is not set; run `make bench`", file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "bin").mkdir(exist_ok=True)
+    shutil.copy2(BUILT_RUNTIME, RUNTIME)
+    shutil.copy2(BUILT_FLOOR, FLOOR)
+    RESULTS["machine"] = machine()
+    RESULTS["revision"] = revision()
+    RESULTS["settings"] = {"quick": QUICK, "repeat": REPEAT, "duration_s": DURATION, "warmup_s": WARMUP,
+                           "models": MODELS, "sections": SECTIONS, "uvicorn_workers": WORKERS,
+                           "wrk_threads": WRK_THREADS}
+    t0 = time.time()
+    log(f"settings {RESULTS['settings']}")
+    sections = {"ready": section_ready, "main": section_main, "batching": section_batching,
+                "sessions": section_sessions, "logging": section_logging}
+    try:
+        for name in SECTIONS:
+            sections[name]()
+    finally:
+        RESULTS["load"].append(load_snapshot("end"))
+        RESULTS["elapsed_s"] = round(time.time() - t0, 1)
+        (OUT / "results.json").write_text(json.dumps(RESULTS, indent=1))
+        text = report()
+        (OUT / "report.md").write_text(text + "\n")
+        print(text)
+        log(f"done in {RESULTS['elapsed_s']:.0f} s; {OUT / 'report.md'}, {OUT / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

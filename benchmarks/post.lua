@@ -1,0 +1,19 @@
+-- wrk script for `make bench`: POSTs the body file named by $BENCH_BODY and, when done, prints one
+-- line "BENCH_JSON {...}" with the counts and the latency percentiles in microseconds.
+local path = os.getenv("BENCH_BODY")
+local f = assert(io.open(path, "rb"), "cannot open BENCH_BODY " .. tostring(path))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"status_errors":%d,' ..
+    '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeouts":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.status,
+    e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
