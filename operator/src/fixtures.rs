@@ -3,17 +3,45 @@
 //!
 //! The fake keeps objects in memory and answers the calls the reconciler makes (server-side
 //! apply, get, delete, list pods, status patch, event create) roughly as the API server does:
-//! `metadata.generation` moves when `spec` changes, `status` survives an apply. Tests then
-//! assert on the resulting state and on the recorded calls, rather than on exact URL strings.
+//! `metadata.generation` moves when `spec` changes, `status` survives an apply. It also serves
+//! list and watch on collections, so a whole `Controller` (with its `.owns()` watches) can run
+//! against it. Tests then assert on the resulting state and on the recorded calls, rather than
+//! on exact URL strings.
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
     sync::{Arc, Mutex},
 };
 
+use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::StreamBody;
+use hyper::body::Frame;
 use kube::{Client, client::Body};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// Response body of the fake: one chunk, or a watch stream.
+pub type FakeBody = StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
+
+/// Collections the fake serves (the last path segment of a list or watch).
+const COLLECTIONS: &[&str] = &[
+    "inferenceservices",
+    "deployments",
+    "services",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "pods",
+    "events",
+];
+
+struct Watcher {
+    collection: String,
+    selector: String,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
 
 use crate::crd::InferenceService;
 
@@ -58,9 +86,58 @@ pub struct FakeState {
     /// Every request, in order.
     pub calls: Vec<Call>,
     uid_counter: u64,
+    resource_version: u64,
+    watchers: Vec<Watcher>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Watcher({}?{})", self.collection, self.selector)
+    }
 }
 
 impl FakeState {
+    /// Stores an object as a write through the API would: new resourceVersion, watchers told.
+    /// A write that changes nothing is a no-op, as on the API server.
+    pub fn put(&mut self, path: &str, mut obj: Value) {
+        if let Some(existing) = self.objects.get(path) {
+            obj["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
+            if *existing == obj {
+                return;
+            }
+        }
+        let kind = if self.objects.contains_key(path) { "MODIFIED" } else { "ADDED" };
+        self.resource_version += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        self.objects.insert(path.to_string(), obj.clone());
+        self.notify(path, kind, &obj);
+    }
+
+    /// Changes a stored object in place (e.g. the status a kube controller would write).
+    pub fn update(&mut self, path: &str, f: impl FnOnce(&mut Value)) {
+        let mut obj = self.objects.get(path).cloned().expect("object to update exists");
+        f(&mut obj);
+        self.put(path, obj);
+    }
+
+    fn remove(&mut self, path: &str) -> Option<Value> {
+        let obj = self.objects.remove(path)?;
+        self.resource_version += 1;
+        self.notify(path, "DELETED", &obj);
+        Some(obj)
+    }
+
+    fn notify(&mut self, path: &str, kind: &str, obj: &Value) {
+        let collection = path.rsplit_once('/').map(|(c, _)| c).unwrap_or_default();
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+        self.watchers.retain(|w| {
+            if w.collection != collection || !matches_selector(obj, &w.selector) {
+                return !w.tx.is_closed();
+            }
+            w.tx.send(line.clone()).is_ok()
+        });
+    }
+
     /// The object at a path, deserialized.
     pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         self.objects.get(path).map(|v| serde_json::from_value(v.clone()).expect("stored object deserializes"))
@@ -110,7 +187,7 @@ pub mod paths {
 
 /// The fake API server; `Context::test()` hands one out with the client wired to it.
 pub struct ApiServerVerifier {
-    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    handle: tower_test::mock::Handle<Request<Body>, Response<FakeBody>>,
     /// Shared state, readable (and writable) by the test while the fake runs.
     pub state: Arc<Mutex<FakeState>>,
 }
@@ -118,7 +195,7 @@ pub struct ApiServerVerifier {
 impl ApiServerVerifier {
     /// A client and the fake it talks to.
     pub fn new() -> (Client, Self) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let client = Client::new(service, NS);
         (client, Self { handle, state: Arc::default() })
     }
@@ -140,21 +217,56 @@ impl ApiServerVerifier {
                     query: parts.uri.query().unwrap_or_default().to_string(),
                     body,
                 };
-                let (code, reply) = {
+                let watch = call.method == Method::GET
+                    && is_collection(&call.path)
+                    && query_param(&call.query, "watch").is_some_and(|w| w == "true" || w == "1");
+                let body: FakeBody = if watch {
+                    let (tx, rx) = mpsc::unbounded_channel();
                     let mut state = self.state.lock().expect("fake state");
                     state.calls.push(call.clone());
-                    answer(&mut state, &call)
+                    state.watchers.push(Watcher {
+                        collection: call.path.clone(),
+                        selector: query_param(&call.query, "labelSelector").unwrap_or_default(),
+                        tx,
+                    });
+                    let stream = futures::stream::unfold(rx, |mut rx| async move {
+                        let chunk = rx.recv().await?;
+                        Some((Ok(Frame::data(chunk)), rx))
+                    });
+                    StreamBody::new(stream.boxed())
+                } else {
+                    let (_, reply) = {
+                        let mut state = self.state.lock().expect("fake state");
+                        state.calls.push(call.clone());
+                        let (code, reply) = answer(&mut state, &call);
+                        (code, (code, reply))
+                    };
+                    let bytes = Bytes::from(serde_json::to_vec(&reply.1).expect("reply"));
+                    let code = reply.0;
+                    let body = StreamBody::new(futures::stream::once(async move { Ok(Frame::data(bytes)) }).boxed());
+                    send.send_response(
+                        Response::builder()
+                            .status(code)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .expect("response"),
+                    );
+                    continue;
                 };
                 send.send_response(
                     Response::builder()
-                        .status(code)
+                        .status(StatusCode::OK)
                         .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
+                        .body(body)
                         .expect("response"),
                 );
             }
         })
     }
+}
+
+fn is_collection(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|last| COLLECTIONS.contains(&last))
 }
 
 fn not_found(path: &str) -> (StatusCode, Value) {
@@ -169,26 +281,28 @@ fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
     let path = call.path.clone();
     match call.method {
         Method::POST if path.ends_with("/events") => (StatusCode::CREATED, call.body.clone().unwrap_or(Value::Null)),
-        Method::GET if path.ends_with("/pods") => {
+        Method::GET if is_collection(&path) => {
             let selector = query_param(&call.query, "labelSelector").unwrap_or_default();
             let prefix = format!("{path}/");
             let items: Vec<Value> = state
                 .objects
                 .iter()
-                .filter(|(k, _)| k.starts_with(&prefix))
+                .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
                 .map(|(_, v)| v.clone())
-                .filter(|pod| matches_selector(pod, &selector))
+                .filter(|o| matches_selector(o, &selector))
                 .collect();
             (
                 StatusCode::OK,
-                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}),
+                json!({"apiVersion": "v1", "kind": "List",
+                       "metadata": {"resourceVersion": state.resource_version.to_string()},
+                       "items": items}),
             )
         }
         Method::GET => match state.objects.get(&path) {
             Some(o) => (StatusCode::OK, o.clone()),
             None => not_found(&path),
         },
-        Method::DELETE => match state.objects.remove(&path) {
+        Method::DELETE => match state.remove(&path) {
             Some(_) => {
                 (StatusCode::OK, json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}))
             }
@@ -201,8 +315,8 @@ fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
             };
             let status = call.body.as_ref().and_then(|b| b.get("status")).cloned().unwrap_or(Value::Null);
             obj["status"] = status;
-            state.objects.insert(object_path, obj.clone());
-            (StatusCode::OK, obj)
+            state.put(&object_path, obj);
+            (StatusCode::OK, state.objects[&object_path].clone())
         }
         Method::PATCH => {
             let mut obj = call.body.clone().unwrap_or(Value::Null);
@@ -223,9 +337,12 @@ fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
             if let Some(s) = status {
                 obj["status"] = s;
             }
-            state.objects.insert(path, obj.clone());
+            if let Some(rv) = existing.as_ref().map(|e| e["metadata"]["resourceVersion"].clone()) {
+                obj["metadata"]["resourceVersion"] = rv;
+            }
+            state.put(&path, obj);
             let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-            (code, obj)
+            (code, state.objects[&path].clone())
         }
         _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405, "message": "fake: unsupported"})),
     }

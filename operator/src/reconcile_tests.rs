@@ -378,3 +378,68 @@ async fn transient_errors_requeue_with_growing_backoff() {
     assert_eq!(delays, [5, 10, 20, 40].map(|s| Action::requeue(Duration::from_secs(s))));
     assert!(ctx.metrics.render().contains("kinfer_operator_reconcile_errors_total{category=\"apply\"} 4"));
 }
+
+/// The whole `Controller` (CRD check, watches, `.owns()` triggers) against the fake's list and
+/// watch: a new resource gets its children, and a change of the Deployment's status (as the
+/// deployment controller would write it) triggers the reconcile that makes it Ready.
+#[tokio::test]
+async fn the_controller_reconciles_new_resources_and_child_status_changes() {
+    use crate::{
+        config::OperatorConfig,
+        controller::run,
+        fixtures::{ApiServerVerifier, NS},
+        metrics::Metrics,
+    };
+    use kube::runtime::events::Reporter;
+
+    let (client, verifier) = ApiServerVerifier::new();
+    let state = verifier.state.clone();
+    state.lock().unwrap().put(&paths::isvc("iris"), serde_json::to_value(fixture("minimal.yaml")).unwrap());
+    let server = verifier.run();
+    let operator = tokio::spawn(run(
+        client,
+        OperatorConfig::default(),
+        vec![NS.to_string()],
+        Arc::new(Metrics::new()),
+        Reporter { controller: "kinfer-operator".into(), instance: Some("test".into()) },
+    ));
+
+    let isvc_condition = |st: &FakeState, type_: &str| -> Option<(String, String)> {
+        let i: InferenceService = st.get(&paths::isvc("iris"))?;
+        let c = i.condition(type_)?;
+        Some((c.status.clone(), c.reason.clone()))
+    };
+    wait_state(&state, "the Deployment and the Service", |st| {
+        st.objects.contains_key(&paths::deployment("iris")) && st.objects.contains_key(&paths::service("iris"))
+    })
+    .await;
+    wait_state(&state, "Progressing", |st| {
+        isvc_condition(st, PROGRESSING) == Some(("True".into(), "Progressing".into()))
+    })
+    .await;
+    state.lock().unwrap().update(&paths::deployment("iris"), |d| {
+        d["status"] = json!({"observedGeneration": d["metadata"]["generation"], "replicas": 1,
+            "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1});
+    });
+    wait_state(&state, "Ready", |st| isvc_condition(st, READY) == Some(("True".into(), "Available".into()))).await;
+    // settled: no reconcile loop feeding on its own writes
+    let applies = || state.lock().unwrap().calls_to(&Method::PATCH, "/deployments/iris").len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = applies();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(applies(), settled, "reconciles keep going without any change");
+    assert!(settled <= 6, "{settled} applies for three changes");
+    operator.abort();
+    server.abort();
+}
+
+async fn wait_state(state: &Arc<Mutex<FakeState>>, what: &str, f: impl Fn(&FakeState) -> bool) {
+    for _ in 0..500 {
+        let done = f(&state.lock().unwrap());
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}: {:#?}", state.lock().unwrap().calls);
+}
