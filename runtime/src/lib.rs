@@ -6,6 +6,8 @@ pub mod classes;
 pub mod config;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 pub mod metrics;
 pub mod model;

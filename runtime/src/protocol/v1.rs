@@ -51,10 +51,10 @@ pub fn decode(body: &[u8], info: &ModelInfo, limits: Limits) -> Result<Vec<Tenso
     }
     let mut tensors = Vec::with_capacity(info.inputs.len());
     for spec in &info.inputs {
-        let mut data = TensorData::empty(
-            spec.datatype,
-            n * spec.shape.iter().skip(1).map(|d| (*d).max(1) as usize).product::<usize>(),
-        );
+        // Reserve what the rows should need, but never more than the body could hold (two
+        // bytes of JSON per element at least): the model's shape is no promise of the data.
+        let per_row = spec.shape.iter().skip(1).map(|d| (*d).max(1) as usize).fold(1usize, usize::saturating_mul);
+        let mut data = TensorData::empty(spec.datatype, n.saturating_mul(per_row).min(body.len() / 2 + 1));
         let mut row_shape: Option<Vec<i64>> = None;
         for (i, raw) in req.instances.iter().enumerate() {
             let value = match &object_rows[i] {

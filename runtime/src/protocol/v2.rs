@@ -135,7 +135,9 @@ pub fn decode_with_images(
                     .map_err(|e| ApiError::invalid(format!("{field}: binary data: {e}")))?
             }
             (None, Some(raw)) => {
-                let mut data = TensorData::empty(dt, count.min(1 << 20));
+                // Every element takes at least two bytes of JSON ("1,"): a claimed shape cannot
+                // reserve more than the body could hold.
+                let mut data = TensorData::empty(dt, count.min(1 << 20).min(raw.get().len() / 2 + 1));
                 let mut tracker = ShapeTracker::default();
                 decode_json_into(raw.get(), &mut data, &mut tracker, count).map_err(|e| {
                     ApiError::invalid(format!(
