@@ -51,6 +51,8 @@ use crate::{
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
 /// Periodic resync of settled resources.
 const RESYNC: Duration = Duration::from_secs(600);
+/// Longest event note the events API accepts.
+const MAX_EVENT_NOTE: usize = 1024;
 /// Transient errors back off from this...
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// ...up to this.
@@ -96,7 +98,16 @@ impl Context {
         }
     }
 
-    async fn publish(&self, isvc: &InferenceService, type_: EventType, reason: &str, note: String) {
+    async fn publish(&self, isvc: &InferenceService, type_: EventType, reason: &str, mut note: String) {
+        // The events API refuses notes over 1 kB.
+        if note.len() > MAX_EVENT_NOTE {
+            let mut cut = MAX_EVENT_NOTE - '…'.len_utf8();
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push('…');
+        }
         let event =
             Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {

@@ -314,7 +314,7 @@ async fn failed_model_sets_the_condition_with_the_termination_message() {
                 "name": "runtime", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
                 "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
-                    "message": "model sha256 mismatch: expected 9f86d0, got 1b4f0e"}}}]}}),
+                    "message": format!("model sha256 mismatch: expected 9f86d0, got 1b4f0e\n{}", "stack ".repeat(400))}}}]}}),
     );
     h.set_deployment_status(json!({"observedGeneration": d.metadata.generation,
         "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0, "availableReplicas": 0}));
@@ -328,6 +328,15 @@ async fn failed_model_sets_the_condition_with_the_termination_message() {
     let (status, reason, _) = h.condition(PROGRESSING);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "ModelFailed"));
     assert!(h.events().contains(&"ModelFailed".to_string()));
+    let notes: Vec<usize> = h
+        .state
+        .lock()
+        .unwrap()
+        .calls_to(&Method::POST, "/events")
+        .iter()
+        .filter_map(|c| c.body.as_ref()?["note"].as_str().map(str::len))
+        .collect();
+    assert!(notes.iter().all(|n| *n <= 1024), "{notes:?}");
     let pod_lists = h.calls(Method::GET, "/pods");
     assert_eq!(pod_lists, 2, "pods are read only while the rollout is not complete");
     h.finish().await;
