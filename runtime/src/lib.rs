@@ -12,6 +12,7 @@ pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod onnx_labels;
+pub mod openapi;
 pub mod protocol;
 pub mod requestlog;
 pub mod server;

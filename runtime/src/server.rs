@@ -106,6 +106,8 @@ pub fn router(state: Arc<AppState>, cors: Option<tower_http::cors::CorsLayer>) -
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
         .route("/predict", post(predict))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", crate::openapi::document()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), crate::access::guard))
@@ -124,7 +126,8 @@ fn json_value(v: serde_json::Value) -> Response {
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }
 
-async fn server_metadata() -> Response {
+#[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, description = "Server metadata", body = crate::openapi::ServerMetadata)))]
+pub(crate) async fn server_metadata() -> Response {
     json_value(serde_json::json!({
         "name": "kinfer-runtime",
         "version": env!("CARGO_PKG_VERSION"),
@@ -132,11 +135,13 @@ async fn server_metadata() -> Response {
     }))
 }
 
-async fn live() -> Response {
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, description = "The process serves")))]
+pub(crate) async fn live() -> Response {
     json_value(serde_json::json!({ "live": true }))
 }
 
-async fn ready(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, description = "Model loaded and warmed up"), (status = 503, description = "Loading or shutting down", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn ready(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if st.is_ready() {
         Ok(json_value(serde_json::json!({ "ready": true })))
     } else if st.shutting_down.load(Ordering::Acquire) {
@@ -146,7 +151,8 @@ async fn ready(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
     }
 }
 
-async fn v2_model_metadata(
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(("model" = String, Path, description = "Served model name")), responses((status = 200, description = "Inputs and outputs", body = crate::openapi::ModelMetadata), (status = 404, description = "No such model", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn v2_model_metadata(
     State(st): State<Arc<AppState>>,
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -154,7 +160,8 @@ async fn v2_model_metadata(
     Ok(json_value(v2::model_metadata(&engine.info)))
 }
 
-async fn v2_model_ready(
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(("model" = String, Path, description = "Served model name")), responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn v2_model_ready(
     State(st): State<Arc<AppState>>,
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -210,7 +217,8 @@ async fn infer(
     result
 }
 
-async fn v2_infer(
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2", params(("model" = String, Path, description = "Served model name")), request_body = crate::openapi::InferenceRequest, responses((status = 200, description = "Outputs (with the binary tensor extension: JSON header, then raw tensors; see Inference-Header-Content-Length)", body = crate::openapi::InferenceResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn v2_infer(
     State(st): State<Arc<AppState>>,
     Path(p): Path<HashMap<String, String>>,
     headers: HeaderMap,
@@ -243,11 +251,16 @@ async fn v2_infer(
     Ok(resp)
 }
 
-async fn v1_list(State(st): State<Arc<AppState>>) -> Response {
+#[utoipa::path(get, path = "/v1/models", tag = "v1", responses((status = 200, description = "Served models")))]
+pub(crate) async fn v1_list(State(st): State<Arc<AppState>>) -> Response {
     json_value(serde_json::json!({ "models": [st.name] }))
 }
 
-async fn v1_model(State(st): State<Arc<AppState>>, Path(target): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "v1", params(("model" = String, Path, description = "Served model name")), responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn v1_model(
+    State(st): State<Arc<AppState>>,
+    Path(target): Path<String>,
+) -> Result<Response, ApiError> {
     st.engine(&target, None)?;
     if !st.is_ready() {
         return Err(ApiError::not_ready(format!("model '{target}' is not ready")));
@@ -257,12 +270,13 @@ async fn v1_model(State(st): State<Arc<AppState>>, Path(target): Path<String>) -
 
 /// Query parameters of V1 and /predict.
 #[derive(serde::Deserialize, Default)]
-struct PredictQuery {
+pub(crate) struct PredictQuery {
     timeout_ms: Option<u64>,
     threshold: Option<f64>,
 }
 
-async fn v1_predict(
+#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "v1", params(("model" = String, Path, description = "Served model name"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body = crate::openapi::InstancesRequest, responses((status = 200, description = "One prediction per row", body = crate::openapi::V1Response), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn v1_predict(
     State(st): State<Arc<AppState>>,
     Path(target): Path<String>,
     query: Result<Query<PredictQuery>, QueryRejection>,
@@ -285,7 +299,8 @@ async fn v1_predict(
     Ok(json(StatusCode::OK, v1::encode_v1(&outputs, n)))
 }
 
-async fn predict(
+#[utoipa::path(post, path = "/predict", tag = "predict", params(("threshold" = Option<f64>, Query, description = "Binary classifiers: decision = score >= threshold"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body(content((crate::openapi::InstancesRequest = "application/json"), (String = "multipart/form-data")), description = "Rows as JSON, or JPEG/PNG files as multipart for image models"), responses((status = 200, description = "Predictions in request order", body = crate::openapi::PredictResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn predict(
     State(st): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -327,7 +342,12 @@ fn rows_of(inputs: &[Tensor]) -> usize {
     inputs.first().and_then(|t| t.shape.first()).map_or(0, |d| (*d).max(0) as usize)
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+async fn openapi_json() -> Response {
+    json(StatusCode::OK, crate::openapi::document().to_json().unwrap_or_default().into_bytes())
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let mut resp = st.metrics.render().into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

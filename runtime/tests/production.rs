@@ -374,3 +374,26 @@ async fn cors_is_off_by_default_and_follows_the_configured_origins() {
     assert_eq!(r.headers()["access-control-allow-origin"], "https://admin.example");
     assert!(r.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"));
 }
+
+#[tokio::test]
+async fn openapi_document_and_docs_are_served_offline() {
+    let rt = runtime(model_path("iris").display().to_string()).env("KINFER_AUTH_TOKENS", "t").ready().await;
+    let (s, doc) = rt.get_json("/openapi.json").await;
+    assert_eq!(s, 200, "docs stay open when auth is on");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/v2/models/{model}/infer", "/v1/models/{model}:predict", "/predict", "/v2/health/ready", "/metrics"] {
+        assert!(doc["paths"][path].is_object(), "openapi.json lacks {path}");
+    }
+    let infer = &doc["paths"]["/v2/models/{model}/infer"]["post"];
+    assert!(infer["responses"]["400"].is_object() && infer["responses"]["504"].is_object());
+    assert!(doc["components"]["schemas"]["InferenceRequest"].is_object());
+    assert!(doc["components"]["schemas"]["ErrorResponse"]["properties"]["request_id"].is_object());
+    let c = client();
+    let page = c.get(rt.url("/docs/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Swagger UI"));
+    // The UI's assets come from the binary, not from the internet.
+    let js = c.get(rt.url("/docs/swagger-ui-bundle.js")).send().await.unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(js.bytes().await.unwrap().len() > 100_000);
+}
