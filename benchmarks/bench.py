@@ -12,10 +12,11 @@ case by case within each repeat, so that ratios are taken side by side:
   batching  the MLP, 1-row requests at 1/32/64 connections, dynamic batching off / on
   sessions  the tabular model, sessions x intra-op threads
   logging   the tabular model, access log on (default, KINFER_LOG=info) / off (KINFER_LOG=warn)
+  workers   the baseline with 1 uvicorn worker and with one per CPU (the main table's setting)
 
 Environment: BENCH_QUICK=1 (tabular only, 1 repeat, 1 s runs), BENCH_REPEAT (3), BENCH_DURATION
 (s, 3), BENCH_WARMUP (s, 1), BENCH_MODELS (iris,tabular,mlp), BENCH_SECTIONS
-(ready,main,batching,sessions,logging), BENCH_WORKERS (uvicorn workers: the CPU count),
+(ready,main,batching,sessions,logging,workers), BENCH_WORKERS (uvicorn workers: the CPU count),
 BENCH_WRK_THREADS (1), BENCH_OUT (benchmarks/results). Writes BENCH_OUT/results.json and
 BENCH_OUT/report.md and prints the report.
 """
@@ -54,7 +55,7 @@ REPEAT = env_int("BENCH_REPEAT", 1 if QUICK else 3)
 DURATION = env_int("BENCH_DURATION", 1 if QUICK else 3)
 WARMUP = env_int("BENCH_WARMUP", 1)
 MODELS = [m for m in os.environ.get("BENCH_MODELS", "tabular" if QUICK else "iris,tabular,mlp").split(",") if m]
-SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging").split(",") if s]
+SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers").split(",") if s]
 NPROC = os.cpu_count() or 1
 WORKERS = env_int("BENCH_WORKERS", NPROC)
 WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
@@ -105,6 +106,8 @@ def revision() -> str:
     def git(*args: str) -> str:
         r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
+    if os.environ.get("BENCH_REVISION"):
+        return os.environ["BENCH_REVISION"]
     rev = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "runtime", "Cargo.toml", "Cargo.lock")
     return rev + (" + uncommitted runtime changes" if dirty else "")
@@ -231,6 +234,7 @@ class Server:
     model: str
     args: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    workers: int = WORKERS  # uvicorn workers (baseline only)
     port: int = 0
     proc: subprocess.Popen | None = None
     started: float = 0.0
@@ -250,7 +254,7 @@ class Server:
         else:
             env.update({"BASELINE_MODEL": str(model_path), "BASELINE_NAME": self.model, "BASELINE_THREADS": "1"})
             cmd = [str(VENV_PY), "-m", "uvicorn", "benchmarks.fastapi_server:app", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", str(WORKERS), *self.args]
+                   "--port", str(self.port), "--workers", str(self.workers), *self.args]
         self.started = time.perf_counter()
         # stdout (kinfer's JSON access log, uvicorn's access log) is discarded: its cost is still
         # paid (formatting and the write), not the disk it would fill.
@@ -436,10 +440,11 @@ def section_main() -> None:
             stop_all(servers)
 
 
-def section_variants(name: str, model: str, variants: list[tuple[str, list[str], dict]],
-                     cases: list[tuple[str, int, int]]) -> None:
+def section_variants(name: str, model: str, variants: list[tuple], cases: list[tuple[str, int, int]]) -> None:
+    """Variants: (label, args, env) of kinfer, or (label, args, env, workers) of the baseline."""
     RESULTS["load"].append(load_snapshot(name))
-    servers = [Server(label, "kinfer", model, args=args, env=env) for label, args, env in variants]
+    servers = [Server(v[0], "kinfer", model, args=v[1], env=v[2]) if len(v) == 3
+               else Server(v[0], "baseline", model, args=v[1], env=v[2], workers=v[3]) for v in variants]
     out = []
     try:
         start_all(servers)
@@ -456,8 +461,8 @@ def section_variants(name: str, model: str, variants: list[tuple[str, list[str],
     finally:
         stop_all(servers)
     RESULTS["variants"][name] = {"model": model, "runs": out, "peak_rss_mb": rss,
-                                 "args": {label: " ".join(args) + "".join(f" {k}={v}" for k, v in env.items())
-                                          for label, args, env in variants}}
+                                 "args": {v[0]: " ".join(v[1]) + "".join(f" {k}={x}" for k, x in v[2].items())
+                                          for v in variants}}
 
 
 def section_batching() -> None:
@@ -480,6 +485,13 @@ def section_logging() -> None:
     section_variants("logging", "tabular", [
         ("KINFER_LOG=info", [], {"KINFER_LOG": "info"}),
         ("KINFER_LOG=warn", [], {"KINFER_LOG": "warn"}),
+    ], [("v2", 1, 1), ("v2", 1, 32)])
+
+
+def section_workers() -> None:
+    section_variants("baseline workers", "tabular", [
+        ("uvicorn --workers 1", [], {}, 1),
+        (f"uvicorn --workers {NPROC}", [], {}, NPROC),
     ], [("v2", 1, 1), ("v2", 1, 32)])
 
 
@@ -680,7 +692,7 @@ def main() -> int:
     t0 = time.time()
     log(f"settings {RESULTS['settings']}")
     sections = {"ready": section_ready, "main": section_main, "batching": section_batching,
-                "sessions": section_sessions, "logging": section_logging}
+                "sessions": section_sessions, "logging": section_logging, "workers": section_workers}
     try:
         for name in SECTIONS:
             sections[name]()
