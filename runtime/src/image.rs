@@ -705,6 +705,26 @@ pub async fn predict_inputs(
     Ok((inputs, names))
 }
 
+/// Decodes an Open Inference Protocol v2 request; with image inputs configured, on a blocking
+/// thread, so that decoding photos never stalls the async workers (health checks included).
+pub async fn decode_v2(
+    serving: Option<&Serving>,
+    body: Bytes,
+    header_len: Option<usize>,
+    info: &std::sync::Arc<ModelInfo>,
+    limits: Limits,
+) -> Result<crate::protocol::v2::InferRequest, ApiError> {
+    let Some(pipeline) = serving.and_then(|s| s.pipeline.clone()) else {
+        return crate::protocol::v2::decode(&body, header_len, info, limits);
+    };
+    let info = info.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::protocol::v2::decode_with_images(&body, header_len, &info, limits, Some(&pipeline))
+    })
+    .await
+    .map_err(|_| ApiError::internal("the image decoding task failed"))?
+}
+
 /// The `/predict` body with class names and top-k confidences, when classes are configured.
 pub fn encode_predict(
     serving: Option<&Serving>,

@@ -235,8 +235,7 @@ pub(crate) async fn v2_infer(
         ),
         None => None,
     };
-    let images = st.image.get().and_then(|s| s.pipeline.as_ref());
-    let req = v2::decode_with_images(&body, header_len, &engine.info, st.limits, images)?;
+    let req = crate::image::decode_v2(st.image.get(), body, header_len, &engine.info, st.limits).await?;
     let outputs = infer(&st, engine, req.inputs, req.timeout_ms).await?;
     let enc = v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs);
     let resp = match enc.header_len {
