@@ -3,6 +3,10 @@
 //! `KINFER_TEST_KUBECONFIG` names its kubeconfig; otherwise each test prints why it is
 //! skipped and passes.
 //!
+//! Nothing runs the pods, so a test plays the kubelet: it marks the runtime pods Ready
+//! through their status subresource (with nodes, as on kind, real kubelets would overwrite
+//! that; the kind-based e2e suite covers real pods).
+//!
 //! Each test installs crds/, starts the operator in-process for its own namespace
 //! (`kinfer-it-<random>`, labelled `kinfer.dev/test=integration`) and deletes that namespace
 //! afterwards, also when the test fails. Left-overs of a killed run:
