@@ -43,6 +43,7 @@ BUILT_RUNTIME = TARGET / "release" / "kinfer-runtime"
 BUILT_FLOOR = TARGET / "release" / "examples" / "floor"
 VENV_PY = ROOT / ".tools" / "bench-venv" / "bin" / "python"
 LUA = ROOT / "benchmarks" / "post.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def env_int(name: str, default: int) -> int:
@@ -286,6 +287,17 @@ class Server:
     def rss_mb(self) -> float:
         return sum(status_kb(p, "VmRSS") for p in self.pids()) * 1024 / 1e6
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system, all threads) used so far by the server's processes."""
+        ticks = 0
+        for p in self.pids():
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, ValueError, IndexError):
+                pass
+        return ticks / CLK_TCK
+
     def stop(self) -> None:
         if not self.proc or self.proc.poll() is not None:
             return
@@ -332,8 +344,12 @@ def measure(server: Server, proto: str, rows: int, conns: int, body: Path) -> di
     path = url_path(proto, server.model)
     if WARMUP > 0:
         wrk(server.port, path, body, conns, WARMUP)
+    cpu0 = server.cpu_s()
     d = wrk(server.port, path, body, conns, DURATION)
+    cpu = server.cpu_s() - cpu0
     d["rows_s"] = d["rps"] * rows
+    # The server's own CPU per request: far less sensitive to other load on the machine than req/s.
+    d["cpu_us_per_req"] = cpu * 1e6 / d["requests"] if d["requests"] else float("nan")
     return d
 
 
@@ -533,6 +549,7 @@ def main_rows() -> list[dict]:
                 "k_rps": med([r["rps"] for r in k]), "k_rows_s": med([r["rows_s"] for r in k]),
                 "k_p50": med([r["p50_us"] for r in k]), "k_p99": med([r["p99_us"] for r in k]),
                 "k_err": sum(r["errors"] for r in k), "k_req": sum(r["requests"] for r in k),
+                "k_cpu": med([r["cpu_us_per_req"] for r in k]), "b_cpu": med([r["cpu_us_per_req"] for r in b]),
                 "b_rps": med([r["rps"] for r in b]), "b_p50": med([r["p50_us"] for r in b]),
                 "b_p99": med([r["p99_us"] for r in b]), "b_err": sum(r["errors"] for r in b),
                 "vs_base": med(vs_base), "vs_floor": med(vs_floor), "over_floor_us": med(over_floor),
@@ -590,15 +607,17 @@ def report() -> str:
         lines.append("")
         lines.append("kinfer/floor: the server's requests/s over the floor's calls/s for the same batch (= rows/s over "
                      "rows/s); Δp50: the server's p50 minus the floor's per-call p50. Errors: non-2xx + socket errors, "
-                     "summed over repeats.")
+                     "summed over repeats. CPU/req: the server's own CPU time (all threads, user + system) per "
+                     "request during the run, the figure least disturbed by other load on the machine.")
         lines.append("")
-        lines.append("| model | proto | rows | conns | kinfer req/s | rows/s | p50 | p99 | err | baseline req/s | "
-                     "b. p50 | b. p99 | b. err | kinfer/baseline | kinfer/floor | Δp50 vs floor |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| model | proto | rows | conns | kinfer req/s | rows/s | p50 | p99 | err | CPU/req | "
+                     "baseline req/s | b. p50 | b. p99 | b. err | b. CPU/req | kinfer/baseline | kinfer/floor | "
+                     "Δp50 vs floor |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             lines.append(f"| {r['model']} | {r['proto']} | {r['rows']} | {r['conns']} | {fmt(r['k_rps'])} | "
-                         f"{fmt(r['k_rows_s'])} | {us(r['k_p50'])} | {us(r['k_p99'])} | {r['k_err']} | "
-                         f"{fmt(r['b_rps'])} | {us(r['b_p50'])} | {us(r['b_p99'])} | {r['b_err']} | "
+                         f"{fmt(r['k_rows_s'])} | {us(r['k_p50'])} | {us(r['k_p99'])} | {r['k_err']} | {us(r['k_cpu'])} | "
+                         f"{fmt(r['b_rps'])} | {us(r['b_p50'])} | {us(r['b_p99'])} | {r['b_err']} | {us(r['b_cpu'])} | "
                          f"{ratio_str(r['vs_base'])} | {pct(r['vs_floor'])} | {fmt(r['over_floor_us'])} µs |")
         lines.append("")
     if RESULTS["rss"]:
@@ -616,7 +635,8 @@ def report() -> str:
         lines.append("")
         labels = list(v["args"])
         cases = sorted({(r["proto"], r["rows"], r["conns"]) for r in v["runs"]}, key=lambda c: (c[1], c[2]))
-        lines.append("| case | " + " | ".join(f"{lab} req/s (p50 / p99)" for lab in labels) + " | best vs first |")
+        lines.append("| case | " + " | ".join(f"{lab}: req/s (p50 / p99; CPU/req)" for lab in labels)
+                     + " | best vs first |")
         lines.append("|---|" + "---:|" * (len(labels) + 1))
         for proto, n, conns in cases:
             cells, meds = [], []
@@ -624,7 +644,8 @@ def report() -> str:
                 rs = [r for r in v["runs"] if r["variant"] == lab and (r["proto"], r["rows"], r["conns"]) == (proto, n, conns)]
                 rps = med([r["rps"] for r in rs])
                 meds.append(rps)
-                cells.append(f"{fmt(rps)} ({us(med([r['p50_us'] for r in rs]))} / {us(med([r['p99_us'] for r in rs]))}"
+                cells.append(f"{fmt(rps)} ({us(med([r['p50_us'] for r in rs]))} / {us(med([r['p99_us'] for r in rs]))}; "
+                             f"{us(med([r['cpu_us_per_req'] for r in rs]))}"
                              f"{', ' + str(sum(r['errors'] for r in rs)) + ' err' if sum(r['errors'] for r in rs) else ''})")
             best = max(range(len(meds)), key=lambda i: meds[i])
             lines.append(f"| {proto} {n} row{'s' if n > 1 else ''}, {conns} conn | " + " | ".join(cells)
