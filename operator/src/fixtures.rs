@@ -35,6 +35,7 @@ const COLLECTIONS: &[&str] = &[
     "poddisruptionbudgets",
     "pods",
     "events",
+    "leases",
 ];
 
 struct Watcher {
@@ -76,6 +77,8 @@ pub struct Call {
     pub query: String,
     /// JSON body, if any.
     pub body: Option<Value>,
+    /// Content type of the body (tells server-side apply from merge patches).
+    pub content_type: String,
 }
 
 /// In-memory state of the fake API server.
@@ -216,6 +219,12 @@ impl ApiServerVerifier {
                     path: parts.uri.path().to_string(),
                     query: parts.uri.query().unwrap_or_default().to_string(),
                     body,
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
                 };
                 let watch = call.method == Method::GET
                     && is_collection(&call.path)
@@ -280,7 +289,6 @@ fn not_found(path: &str) -> (StatusCode, Value) {
 fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
     let path = call.path.clone();
     match call.method {
-        Method::POST if path.ends_with("/events") => (StatusCode::CREATED, call.body.clone().unwrap_or(Value::Null)),
         Method::GET if is_collection(&path) => {
             let selector = query_param(&call.query, "labelSelector").unwrap_or_default();
             let prefix = format!("{path}/");
@@ -318,6 +326,30 @@ fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
             state.put(&object_path, obj);
             (StatusCode::OK, state.objects[&object_path].clone())
         }
+        Method::POST if is_collection(&path) => {
+            let mut obj = call.body.clone().unwrap_or(Value::Null);
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let object_path = format!("{path}/{name}");
+            if state.objects.contains_key(&object_path) {
+                return (
+                    StatusCode::CONFLICT,
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                           "reason": "AlreadyExists", "code": 409, "message": "already exists"}),
+                );
+            }
+            state.uid_counter += 1;
+            obj["metadata"]["uid"] = json!(format!("uid-{}", state.uid_counter));
+            state.put(&object_path, obj);
+            (StatusCode::CREATED, state.objects[&object_path].clone())
+        }
+        Method::PATCH if !call.content_type.starts_with("application/apply-patch") => {
+            let Some(mut obj) = state.objects.get(&path).cloned() else {
+                return not_found(&path);
+            };
+            merge(&mut obj, call.body.as_ref().unwrap_or(&Value::Null));
+            state.put(&path, obj);
+            (StatusCode::OK, state.objects[&path].clone())
+        }
         Method::PATCH => {
             let mut obj = call.body.clone().unwrap_or(Value::Null);
             let existing = state.objects.get(&path).cloned();
@@ -345,6 +377,22 @@ fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
             (code, state.objects[&path].clone())
         }
         _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405, "message": "fake: unsupported"})),
+    }
+}
+
+/// JSON merge patch (RFC 7386): objects merge, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
     }
 }
 

@@ -14,11 +14,11 @@ use clap::{Parser, ValueEnum};
 use kinfer_operator::{
     config::{DEFAULT_RUNTIME_IMAGE, OperatorConfig},
     controller,
+    leader::{self, LeaseSettings},
     metrics::Metrics,
     server::{Health, router},
 };
 use kube::{Client, runtime::events::Reporter};
-use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -140,54 +140,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&lease_ns)
-        .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .with_context(|| format!("cannot use Lease {lease_ns}/{}", args.lease_name))?;
-    let (mut leader, lease_task) = manager.watch().await;
-    // A standby replica is ready: it can take over at any moment.
-    ready.store(true, Ordering::Relaxed);
-    info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, "waiting for leadership");
-    tokio::select! {
-        r = async {
-            while !*leader.borrow_and_update() {
-                leader.changed().await.context("lease manager stopped")?;
-            }
-            anyhow::Ok(())
-        } => r?,
-        _ = shutdown_signal() => { info!("shutting down before becoming leader"); return Ok(()); }
-    }
-    info!("became leader, starting controllers");
-
-    let lost = async {
-        loop {
-            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
-                return;
-            }
-        }
-    };
-    let outcome = tokio::select! {
-        r = controllers => r,
-        _ = lost => Err(anyhow::anyhow!("lost the leader lease; exiting so a standby takes over")),
-        _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
-    };
-    // Closing the channel stops the lease task; release the lease so a standby takes over at
-    // once instead of after the lease duration.
-    drop(leader);
-    match lease_task.await {
-        Ok(Ok(manager)) => {
-            if let Err(e) = manager.release().await {
-                warn!(error = %e, "failed to release the lease");
-            }
-        }
-        Ok(Err(e)) => warn!(error = %e, "lease manager failed"),
-        Err(e) => warn!(error = %e, "lease task panicked"),
-    }
-    outcome
+    leader::run_as_leader(
+        client,
+        LeaseSettings::new(&args.lease_name, &lease_ns, &identity),
+        // A standby replica is ready: it can take over at any moment.
+        || ready.store(true, Ordering::Relaxed),
+        || controllers,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {
