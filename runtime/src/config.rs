@@ -117,7 +117,8 @@ pub struct Config {
     #[arg(long, env = "KINFER_LABELS_FILE")]
     pub labels_file: Option<PathBuf>,
 
-    /// Classes listed per row in /predict's `top_k` (default 5 when labels or images are on).
+    /// Classes listed per row in /predict's `top_k` (default 5 when labels or images are on;
+    /// 0 = the model's raw outputs instead, for image models that are not classifiers).
     #[arg(long, env = "KINFER_TOP_K")]
     pub top_k: Option<usize>,
 

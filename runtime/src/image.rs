@@ -601,9 +601,6 @@ impl Prepared {
             .map(|s| Preprocess::parse(s).map_err(|e| format!("KINFER_IMAGE_PREPROCESS: {e}")))
             .transpose()?;
         let labels = cfg.labels_file.as_deref().map(crate::classes::read_labels_file).transpose()?;
-        if cfg.top_k == Some(0) {
-            return Err("KINFER_TOP_K must be at least 1".into());
-        }
         Ok(Prepared { preprocess, labels, top_k: cfg.top_k })
     }
 
@@ -616,12 +613,15 @@ impl Prepared {
             .map(|p| Pipeline::new(p, info).map_err(|e| format!("KINFER_IMAGE_PREPROCESS: {e}")))
             .transpose()?;
         let wanted = pipeline.is_some() || self.labels.is_some() || self.top_k.is_some();
-        let classes = if wanted { Classes::new(info, self.labels, self.top_k)? } else { None };
+        let top_k = self.top_k.filter(|k| *k > 0);
+        let classes = if wanted { Classes::new(info, self.labels, top_k)? } else { None };
         if let Some(c) = &classes
             && let Some(l) = c.labels()
         {
             info.class_labels = Some(l.to_vec());
         }
+        // KINFER_TOP_K=0: no label/top-k answer (image models that are not classifiers).
+        let classes = if self.top_k == Some(0) { None } else { classes };
         Ok(Serving { pipeline, classes })
     }
 }

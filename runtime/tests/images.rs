@@ -292,3 +292,20 @@ async fn bad_image_settings_stop_the_start_with_a_clear_message() {
     assert_eq!(code, 1);
     assert!(err.contains("3 class names but output"), "{err}");
 }
+
+#[tokio::test]
+async fn top_k_zero_answers_with_the_raw_outputs() {
+    let exp = expected("orientation");
+    let rt = orientation(Some(0)).await;
+    let (s, b) = post_multipart(&rt, &[("file", Some("d.png"), &image_bytes("upside_down.png"))]).await;
+    assert_eq!(s, 200, "{b}");
+    let out = &b["predictions"][0][exp["output"].as_str().expect("output")];
+    let probs: Vec<f64> = out.as_array().expect("raw scores").iter().map(|v| v.as_f64().unwrap_or(-1.0)).collect();
+    assert_probs(
+        &probs,
+        &exp["images"][1]["probabilities"],
+        exp["tolerance"].as_f64().unwrap_or(0.0),
+        "upside_down.png",
+    );
+    assert!(b["predictions"][0].get("top_k").is_none(), "{b}");
+}
