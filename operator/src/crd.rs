@@ -107,6 +107,31 @@ pub struct InferenceServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<LoggingSpec>,
 
+    /// Bearer-token auth on the prediction endpoints (health and metrics stay open): the tokens
+    /// come from a Secret mounted read-only into the pods, never copied into the Deployment.
+    /// Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// Cross-origin requests from browsers (CORS). Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsSpec>,
+
+    /// Request limits of each runtime pod: rows and bytes per request, deadline, concurrency,
+    /// queue and per-client rate limit. Unset fields keep the runtime's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+
+    /// Image inputs: JPEG/PNG accepted on `/predict` (multipart) and v2 (base64 `BYTES`), with
+    /// their preprocessing. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+
+    /// Class names (class index → name) for `/predict`'s labels and top-k, from a ConfigMap
+    /// mounted read-only into the pods. Unset: class indices only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelsSpec>,
+
     /// Compute resources of the runtime container (requests and limits). The CPU limit (or
     /// request) also sets the number of ONNX Runtime threads unless `runtime.threads` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,6 +357,175 @@ pub struct LoggingSpec {
     #[serde(default = "default_sample_rate")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub sample_rate: f64,
+
+    /// Longest time a record waits before its object is written, in seconds
+    /// (`KINFER_LOG_FLUSH_INTERVAL_MS`). Unset: the runtime's default (60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub flush_interval_seconds: Option<i32>,
+
+    /// An object is written once this many uncompressed bytes are queued in it
+    /// (`KINFER_LOG_MAX_OBJECT_BYTES`). Unset: the runtime's default (8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_object_bytes: Option<i64>,
+
+    /// Records held in memory while S3 is slow; beyond it records are dropped and counted
+    /// (`KINFER_LOG_QUEUE_CAPACITY`). Unset: the runtime's default (10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub queue_capacity: Option<i32>,
+}
+
+/// Bearer-token auth.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Secret in the same namespace holding the accepted tokens, one per line (`#` starts a
+    /// comment). It is mounted read-only at `/var/run/kinfer/auth/tokens` and named by
+    /// `KINFER_AUTH_TOKENS_FILE`; the operator never reads it. Requests without one of these
+    /// tokens as `Authorization: Bearer …` get 401. The runtime reads the file at start: restart
+    /// the pods (`kubectl rollout restart`) after rotating tokens.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret (same namespace as the InferenceService).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Key in the Secret whose value is the token list.
+    #[serde(default = "default_tokens_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub key: String,
+}
+
+fn default_tokens_key() -> String {
+    "tokens".to_string()
+}
+
+/// CORS settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsSpec {
+    /// Origins allowed to call the endpoints from a browser (`KINFER_CORS_ORIGINS`): either
+    /// `["*"]` (any origin) or a list of origins such as `https://app.example.com` or
+    /// `http://localhost:3000` (scheme, host and optional port; no path).
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(o, o == '*' || o.matches('^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$'))",
+            "message": "cors.allowedOrigins entries must be \"*\" or an http(s) origin such as https://app.example.com (no path)"
+        },
+        {
+            "rule": "!self.exists(o, o == '*') || size(self) == 1",
+            "message": "cors.allowedOrigins: \"*\" must be the only entry"
+        }
+    ]))]
+    pub allowed_origins: Vec<String>,
+}
+
+/// Request limits of each runtime pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.rateLimitBurst) || has(self.rateLimitPerSecond)",
+        "message": "limits.rateLimitBurst needs limits.rateLimitPerSecond"
+    }
+]))]
+pub struct LimitsSpec {
+    /// Most rows (or images) in one request on any protocol; more → 400 naming the limit
+    /// (`KINFER_MAX_BATCH_ROWS`). Unset: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_batch_rows: Option<i32>,
+
+    /// Largest request body in bytes; larger → 413 (`KINFER_MAX_BODY_BYTES`). Unset: 32 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967296i64))]
+    pub max_body_bytes: Option<i64>,
+
+    /// Server-side deadline of one inference request in milliseconds (a client's `timeout_ms`
+    /// may only shorten it); past it → 504 (`KINFER_REQUEST_TIMEOUT_MS`). Unset: 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600000))]
+    pub request_timeout_millis: Option<i64>,
+
+    /// Inference requests served at once by a pod; more → 429 at once
+    /// (`KINFER_MAX_CONCURRENCY`). Unset: 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_concurrency: Option<i32>,
+
+    /// Requests that may wait for an inference thread; more → 429 at once
+    /// (`KINFER_QUEUE_CAPACITY`). Unset: 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub queue_capacity: Option<i32>,
+
+    /// Requests per second allowed per API key (bearer token, else `x-api-key`) on the
+    /// prediction endpoints, per pod; more → 429 with `Retry-After` (`KINFER_RATE_LIMIT_RPS`).
+    /// 0 or unset: no rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1000000.0))]
+    pub rate_limit_per_second: Option<f64>,
+
+    /// Burst size of the per-key rate limit (`KINFER_RATE_LIMIT_BURST`). Unset: one second's
+    /// worth of `rateLimitPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub rate_limit_burst: Option<i32>,
+}
+
+/// Image inputs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Preprocessing of uploaded images as `key=value` pairs (`KINFER_IMAGE_PREPROCESS`), e.g.
+    /// `resize=256,crop=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225`; keys: input,
+    /// resize, crop, scale, mean, std, layout, channels, filter, max_megapixels; `auto` = every
+    /// default. See docs/images.md. The runtime checks it against the model at start.
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(regex(pattern = r"^[^\r\n]+$"))]
+    pub preprocess: String,
+
+    /// Classes listed per row in `/predict`'s `top_k` (`KINFER_TOP_K`). Unset: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub top_k: Option<i32>,
+}
+
+/// Class names for classifiers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelsSpec {
+    /// ConfigMap in the same namespace holding the class names, one per line, line 1 = class 0.
+    /// Mounted read-only at `/var/run/kinfer/labels/labels.txt` (`KINFER_LABELS_FILE`); the
+    /// runtime refuses to start when the count differs from the model's classes.
+    pub config_map_ref: ConfigMapKeyRef,
+}
+
+/// A key of a ConfigMap in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap (same namespace as the InferenceService).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Key in the ConfigMap whose value is the class list.
+    #[serde(default = "default_labels_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub key: String,
+}
+
+fn default_labels_key() -> String {
+    "labels.txt".to_string()
 }
 
 fn default_sample_rate() -> f64 {
@@ -597,6 +791,9 @@ mod tests {
             "model.storage applies only to s3:// model uris",
             "storage.endpoint must be an http:// or https:// URL",
             "logging.uri must look like s3://bucket/prefix/",
+            "cors.allowedOrigins entries must be \"*\" or an http(s) origin",
+            "cors.allowedOrigins: \"*\" must be the only entry",
+            "limits.rateLimitBurst needs limits.rateLimitPerSecond",
         ] {
             assert!(found.iter().any(|(_, m)| m.contains(needle)), "no CEL rule with message {needle:?} in {found:?}");
         }
@@ -645,6 +842,24 @@ mod tests {
         let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
         assert!(err.contains("logging.uri must look like s3://bucket/prefix/"), "{err}");
         assert!(err.contains("storage.endpoint must be an http:// or https:// URL"), "{err}");
+
+        // CORS origins, limits
+        let mut v = fixture_value("full.yaml");
+        v["spec"]["cors"]["allowedOrigins"] = serde_json::json!(["https://ok.example.com:8443", "ftp://files"]);
+        v["spec"]["limits"] = serde_json::json!({"rateLimitBurst": 10});
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("cors.allowedOrigins entries must be \"*\" or an http(s) origin"), "{err}");
+        assert!(err.contains("limits.rateLimitBurst needs limits.rateLimitPerSecond"), "{err}");
+        v["spec"]["cors"]["allowedOrigins"] = serde_json::json!(["*", "https://a.example.com"]);
+        v["spec"]["limits"] = serde_json::json!({"rateLimitPerSecond": 0, "rateLimitBurst": 10});
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("cors.allowedOrigins: \"*\" must be the only entry"), "{err}");
+        assert!(!err.contains("rateLimitBurst"), "{err}");
+        v["spec"]["cors"]["allowedOrigins"] = serde_json::json!(["*"]);
+        validator.validate(&schema, &v, None).unwrap();
+        v["spec"]["cors"]["allowedOrigins"] = serde_json::json!(["https://app.example.com/path"]);
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("cors.allowedOrigins entries must be"), "{err}");
     }
 
     /// The manifests users copy from examples/ pass the CRD's CEL rules.
@@ -718,7 +933,8 @@ mod tests {
         let isvc: InferenceService = serde_yaml::from_str(
             "apiVersion: serving.kinfer.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: a}\n\
              spec:\n  model: {uri: 's3://b/k.onnx', storage: {secretRef: {name: s}}}\n  \
-             autoscaling: {maxReplicas: 3}\n  logging: {uri: 's3://l/'}\n  gpus: {count: 1}\n",
+             autoscaling: {maxReplicas: 3}\n  logging: {uri: 's3://l/'}\n  gpus: {count: 1}\n  \
+             auth: {secretRef: {name: t}}\n  labels: {configMapRef: {name: c}}\n",
         )
         .unwrap();
         let s = &isvc.spec;
@@ -731,5 +947,9 @@ mod tests {
         assert_eq!((a.min_replicas, a.target_cpu_utilization), (1, 80));
         assert_eq!(s.logging.as_ref().unwrap().sample_rate, 1.0);
         assert_eq!(s.gpus.as_ref().unwrap().resource_name, "nvidia.com/gpu");
+        assert_eq!(s.auth.as_ref().unwrap().secret_ref.key, "tokens");
+        assert_eq!(s.labels.as_ref().unwrap().config_map_ref.key, "labels.txt");
+        let l = s.logging.as_ref().unwrap();
+        assert_eq!((l.flush_interval_seconds, l.max_object_bytes, l.queue_capacity), (None, None, None));
     }
 }

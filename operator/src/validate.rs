@@ -130,6 +130,34 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         if !(0.0..=1.0).contains(&l.sample_rate) {
             return Err("logging.sampleRate must be between 0 and 1".into());
         }
+        at_least_one("logging.flushIntervalSeconds", l.flush_interval_seconds.map(i64::from))?;
+        at_least_one("logging.maxObjectBytes", l.max_object_bytes)?;
+        at_least_one("logging.queueCapacity", l.queue_capacity.map(i64::from))?;
+    }
+    if let Some(c) = &spec.cors {
+        validate_cors_origins(&c.allowed_origins)?;
+    }
+    if let Some(l) = &spec.limits {
+        at_least_one("limits.maxBatchRows", l.max_batch_rows.map(i64::from))?;
+        at_least_one("limits.maxBodyBytes", l.max_body_bytes)?;
+        at_least_one("limits.requestTimeoutMillis", l.request_timeout_millis)?;
+        at_least_one("limits.maxConcurrency", l.max_concurrency.map(i64::from))?;
+        at_least_one("limits.queueCapacity", l.queue_capacity.map(i64::from))?;
+        at_least_one("limits.rateLimitBurst", l.rate_limit_burst.map(i64::from))?;
+        if let Some(r) = l.rate_limit_per_second
+            && !(r.is_finite() && r >= 0.0)
+        {
+            return Err(format!("limits.rateLimitPerSecond {r} must be a number of at least 0"));
+        }
+        if l.rate_limit_burst.is_some() && l.rate_limit_per_second.is_none() {
+            return Err("limits.rateLimitBurst needs limits.rateLimitPerSecond".into());
+        }
+    }
+    if let Some(i) = &spec.image {
+        if i.preprocess.trim().is_empty() || i.preprocess.contains(['\n', '\r']) {
+            return Err("image.preprocess must be one line of key=value pairs (or `auto`)".into());
+        }
+        at_least_one("image.topK", i.top_k.map(i64::from))?;
     }
 
     let runtime = spec.runtime.clone().unwrap_or_default();
@@ -158,6 +186,44 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         threads,
         image: runtime.image.unwrap_or_else(|| config.runtime_image.clone()),
     })
+}
+
+fn at_least_one(field: &str, v: Option<i64>) -> Result<(), String> {
+    match v {
+        Some(n) if n < 1 => Err(format!("{field} {n} must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
+/// `["*"]`, or origins `http(s)://host[:port]` without path (what a browser sends in `Origin`).
+fn validate_cors_origins(origins: &[String]) -> Result<(), String> {
+    if origins.is_empty() {
+        return Err("cors.allowedOrigins must list at least one origin (or \"*\")".into());
+    }
+    if origins.iter().any(|o| o == "*") {
+        return if origins.len() == 1 {
+            Ok(())
+        } else {
+            Err("cors.allowedOrigins: \"*\" must be the only entry".into())
+        };
+    }
+    for o in origins {
+        let host_port = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+        let ok = host_port.is_some_and(|hp| {
+            let (host, port) = hp.split_once(':').unwrap_or((hp, ""));
+            !host.is_empty()
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && (hp.len() == host.len()
+                    || (!port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())))
+        });
+        if !ok {
+            return Err(format!(
+                "cors.allowedOrigins entry {o:?} must be \"*\" or an http(s) origin such as \
+                 https://app.example.com (no path)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_model_uri(uri: &str) -> Result<(), String> {
@@ -286,6 +352,51 @@ mod tests {
             ),
             ("metadata.name", Box::new(|i| i.metadata.name = Some("9lives".into()))),
             (
+                "cors.allowedOrigins entry \"https://a.example.com/app\"",
+                Box::new(|i| {
+                    i.spec.cors =
+                        Some(crate::crd::CorsSpec { allowed_origins: vec!["https://a.example.com/app".into()] });
+                }),
+            ),
+            (
+                "cors.allowedOrigins entry \"a.example.com\"",
+                Box::new(|i| {
+                    i.spec.cors = Some(crate::crd::CorsSpec { allowed_origins: vec!["a.example.com".into()] })
+                }),
+            ),
+            (
+                "must be the only entry",
+                Box::new(|i| {
+                    i.spec.cors = Some(crate::crd::CorsSpec {
+                        allowed_origins: vec!["*".into(), "https://a.example.com".into()],
+                    });
+                }),
+            ),
+            ("at least one origin", Box::new(|i| i.spec.cors = Some(crate::crd::CorsSpec { allowed_origins: vec![] }))),
+            (
+                "limits.rateLimitBurst needs limits.rateLimitPerSecond",
+                Box::new(|i| {
+                    i.spec.limits = Some(crate::crd::LimitsSpec { rate_limit_burst: Some(5), ..Default::default() });
+                }),
+            ),
+            (
+                "limits.rateLimitPerSecond",
+                Box::new(|i| {
+                    i.spec.limits =
+                        Some(crate::crd::LimitsSpec { rate_limit_per_second: Some(-1.0), ..Default::default() });
+                }),
+            ),
+            (
+                "limits.maxConcurrency 0 must be at least 1",
+                Box::new(|i| {
+                    i.spec.limits = Some(crate::crd::LimitsSpec { max_concurrency: Some(0), ..Default::default() });
+                }),
+            ),
+            (
+                "image.preprocess",
+                Box::new(|i| i.spec.image = Some(crate::crd::ImageSpec { preprocess: " ".into(), top_k: None })),
+            ),
+            (
                 "cpu quantity",
                 Box::new(|i| {
                     i.spec.resources =
@@ -299,6 +410,12 @@ mod tests {
             let err = validate(&isvc, &cfg).expect_err(needle);
             assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
         }
+        for ok in [vec!["*"], vec!["https://app.example.com", "http://localhost:3000"]] {
+            let mut isvc = fixture("minimal.yaml");
+            isvc.spec.cors = Some(crate::crd::CorsSpec { allowed_origins: ok.iter().map(|o| o.to_string()).collect() });
+            validate(&isvc, &cfg).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        validate(&fixture("full.yaml"), &cfg).unwrap();
         let v = validate(&fixture("minimal.yaml"), &cfg).unwrap();
         assert_eq!((v.scaling, v.model_name.as_str(), v.threads), (Scaling::Fixed(1), "iris", None));
     }

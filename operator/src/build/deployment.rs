@@ -6,9 +6,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-            Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-            SeccompProfile, SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, SleepAction,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -27,6 +28,14 @@ pub const HTTP_PORT: i32 = 8080;
 pub const CONTAINER_NAME: &str = "runtime";
 /// Where the runtime caches downloaded models (an emptyDir; the root filesystem is read-only).
 pub const CACHE_DIR: &str = "/var/cache/kinfer";
+/// Where the auth Secret is mounted (read-only); the token list is `AUTH_DIR/tokens`.
+pub const AUTH_DIR: &str = "/var/run/kinfer/auth";
+/// Where the labels ConfigMap is mounted (read-only); the class list is `LABELS_DIR/labels.txt`.
+pub const LABELS_DIR: &str = "/var/run/kinfer/labels";
+const AUTH_VOLUME: &str = "auth-tokens";
+const LABELS_VOLUME: &str = "labels";
+/// Owner and group may read (the pod's fsGroup is the runtime's group), nobody else.
+const READ_ONLY_MODE: i32 = 0o440;
 /// UID/GID of the runtime image's non-root user.
 const RUNTIME_UID: i64 = 65532;
 /// Startup budget: 180 × 5 s = 15 minutes to download and load the model.
@@ -118,7 +127,7 @@ fn pod_template(isvc: &ValidatedService) -> PodTemplateSpec {
                 seccomp_profile: Some(runtime_default_seccomp()),
                 ..PodSecurityContext::default()
             }),
-            volumes: Some(vec![empty_dir("model-cache"), empty_dir("tmp")]),
+            volumes: Some(volumes(isvc)),
             ..PodSpec::default()
         }),
     }
@@ -163,10 +172,7 @@ fn container(isvc: &ValidatedService) -> Container {
             ..SecurityContext::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "model-cache".into(), mount_path: CACHE_DIR.into(), ..VolumeMount::default() },
-            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
-        ]),
+        volume_mounts: Some(volume_mounts(isvc)),
         ..Container::default()
     }
 }
@@ -196,6 +202,49 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
     if let Some(l) = &spec.logging {
         env.push(value("KINFER_LOG_URI", &l.uri));
         env.push(value("KINFER_LOG_SAMPLE_RATE", &l.sample_rate.to_string()));
+        if let Some(s) = l.flush_interval_seconds {
+            env.push(value("KINFER_LOG_FLUSH_INTERVAL_MS", &(i64::from(s) * 1000).to_string()));
+        }
+        if let Some(b) = l.max_object_bytes {
+            env.push(value("KINFER_LOG_MAX_OBJECT_BYTES", &b.to_string()));
+        }
+        if let Some(q) = l.queue_capacity {
+            env.push(value("KINFER_LOG_QUEUE_CAPACITY", &q.to_string()));
+        }
+    }
+    if spec.auth.is_some() {
+        // Only the path: the tokens stay in the Secret volume.
+        env.push(value("KINFER_AUTH_TOKENS_FILE", &format!("{AUTH_DIR}/tokens")));
+    }
+    if let Some(c) = &spec.cors {
+        env.push(value("KINFER_CORS_ORIGINS", &c.allowed_origins.join(",")));
+    }
+    if let Some(l) = &spec.limits {
+        let limits = [
+            ("KINFER_MAX_BATCH_ROWS", l.max_batch_rows.map(i64::from)),
+            ("KINFER_MAX_BODY_BYTES", l.max_body_bytes),
+            ("KINFER_REQUEST_TIMEOUT_MS", l.request_timeout_millis),
+            ("KINFER_MAX_CONCURRENCY", l.max_concurrency.map(i64::from)),
+            ("KINFER_QUEUE_CAPACITY", l.queue_capacity.map(i64::from)),
+        ];
+        for (name, v) in limits.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))) {
+            env.push(value(name, &v.to_string()));
+        }
+        if let Some(r) = l.rate_limit_per_second {
+            env.push(value("KINFER_RATE_LIMIT_RPS", &r.to_string()));
+        }
+        if let Some(b) = l.rate_limit_burst {
+            env.push(value("KINFER_RATE_LIMIT_BURST", &b.to_string()));
+        }
+    }
+    if let Some(i) = &spec.image {
+        env.push(value("KINFER_IMAGE_PREPROCESS", &i.preprocess));
+        if let Some(k) = i.top_k {
+            env.push(value("KINFER_TOP_K", &k.to_string()));
+        }
+    }
+    if spec.labels.is_some() {
+        env.push(value("KINFER_LABELS_FILE", &format!("{LABELS_DIR}/labels.txt")));
     }
     if let Some(s) = &model.storage {
         if let Some(endpoint) = &s.endpoint {
@@ -222,6 +271,58 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
         }
     }
     env
+}
+
+/// The writable emptyDirs, then the read-only Secret (auth tokens) and ConfigMap (labels)
+/// volumes, each projecting only the one key the runtime reads.
+fn volumes(isvc: &ValidatedService) -> Vec<Volume> {
+    let mut v = vec![empty_dir("model-cache"), empty_dir("tmp")];
+    if let Some(a) = &isvc.spec.auth {
+        v.push(Volume {
+            name: AUTH_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(a.secret_ref.name.clone()),
+                items: Some(vec![key_to_path(&a.secret_ref.key, "tokens")]),
+                default_mode: Some(READ_ONLY_MODE),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(l) = &isvc.spec.labels {
+        v.push(Volume {
+            name: LABELS_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: l.config_map_ref.name.clone(),
+                items: Some(vec![key_to_path(&l.config_map_ref.key, "labels.txt")]),
+                default_mode: Some(READ_ONLY_MODE),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    v
+}
+
+fn volume_mounts(isvc: &ValidatedService) -> Vec<VolumeMount> {
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    };
+    let mut m = vec![mount("model-cache", CACHE_DIR, false), mount("tmp", "/tmp", false)];
+    if isvc.spec.auth.is_some() {
+        m.push(mount(AUTH_VOLUME, AUTH_DIR, true));
+    }
+    if isvc.spec.labels.is_some() {
+        m.push(mount(LABELS_VOLUME, LABELS_DIR, true));
+    }
+    m
+}
+
+fn key_to_path(key: &str, path: &str) -> KeyToPath {
+    KeyToPath { key: key.into(), path: path.into(), mode: None }
 }
 
 fn value(name: &str, value: &str) -> EnvVar {

@@ -16,7 +16,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-pub use deployment::{CACHE_DIR, CONTAINER_NAME, HTTP_PORT, build_deployment, pod_template_hash};
+pub use deployment::{AUTH_DIR, CACHE_DIR, CONTAINER_NAME, HTTP_PORT, LABELS_DIR, build_deployment, pod_template_hash};
 pub use hpa::build_hpa;
 pub use pdb::build_pdb;
 pub use service::{SERVICE_PORT, build_service};

@@ -114,9 +114,27 @@ fn minimal_env_follows_the_contract() {
         "KINFER_S3_PATH_STYLE",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
+        "KINFER_LOG_FLUSH_INTERVAL_MS",
+        "KINFER_LOG_MAX_OBJECT_BYTES",
+        "KINFER_LOG_QUEUE_CAPACITY",
+        "KINFER_AUTH_TOKENS",
+        "KINFER_AUTH_TOKENS_FILE",
+        "KINFER_CORS_ORIGINS",
+        "KINFER_MAX_BATCH_ROWS",
+        "KINFER_MAX_BODY_BYTES",
+        "KINFER_REQUEST_TIMEOUT_MS",
+        "KINFER_MAX_CONCURRENCY",
+        "KINFER_QUEUE_CAPACITY",
+        "KINFER_RATE_LIMIT_RPS",
+        "KINFER_RATE_LIMIT_BURST",
+        "KINFER_IMAGE_PREPROCESS",
+        "KINFER_TOP_K",
+        "KINFER_LABELS_FILE",
     ] {
         assert!(!env.contains_key(absent), "{absent} set without being asked for");
     }
+    let volumes: Vec<_> = pod_spec(&d).volumes.iter().flatten().map(|v| v.name.clone()).collect();
+    assert_eq!(volumes, ["model-cache", "tmp"]);
     assert_eq!(container(&d).image.as_deref(), Some(crate::config::DEFAULT_RUNTIME_IMAGE));
 }
 
@@ -300,5 +318,130 @@ fn template_hash_follows_the_pod_template_not_the_replica_count() {
     c.spec.model.uri = "s3://models/iris/2/model.onnx".into();
     assert_eq!(hash(&a), hash(&a));
     assert_eq!(hash(&a), hash(&b));
+    assert_ne!(hash(&a), hash(&c));
+}
+
+#[test]
+fn logging_cors_limits_and_image_settings_reach_the_runtime_env() {
+    let d = build_deployment(&valid("full.yaml"));
+    let v = |n| env_value(&d, n);
+    assert_eq!(v("KINFER_LOG_FLUSH_INTERVAL_MS").as_deref(), Some("30000"), "seconds → milliseconds");
+    assert_eq!(v("KINFER_LOG_MAX_OBJECT_BYTES").as_deref(), Some("4194304"));
+    assert_eq!(v("KINFER_LOG_QUEUE_CAPACITY").as_deref(), Some("5000"));
+    assert_eq!(v("KINFER_CORS_ORIGINS").as_deref(), Some("https://dashboard.example.com,http://localhost:3000"));
+    assert_eq!(v("KINFER_MAX_BATCH_ROWS").as_deref(), Some("500"));
+    assert_eq!(v("KINFER_MAX_BODY_BYTES").as_deref(), Some("8388608"));
+    assert_eq!(v("KINFER_REQUEST_TIMEOUT_MS").as_deref(), Some("2500"));
+    assert_eq!(v("KINFER_MAX_CONCURRENCY").as_deref(), Some("64"));
+    assert_eq!(v("KINFER_QUEUE_CAPACITY").as_deref(), Some("256"));
+    assert_eq!(v("KINFER_RATE_LIMIT_RPS").as_deref(), Some("12.5"));
+    assert_eq!(v("KINFER_RATE_LIMIT_BURST").as_deref(), Some("40"));
+    assert_eq!(
+        v("KINFER_IMAGE_PREPROCESS").as_deref(),
+        Some("resize=256,crop=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225")
+    );
+    assert_eq!(v("KINFER_TOP_K").as_deref(), Some("3"));
+
+    // only the limits that are set; "*" passes through; a rate of 0 (off) is passed as such
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.cors = Some(crate::crd::CorsSpec { allowed_origins: vec!["*".into()] });
+    isvc.spec.limits = Some(crate::crd::LimitsSpec {
+        max_body_bytes: Some(1024),
+        rate_limit_per_second: Some(0.0),
+        ..Default::default()
+    });
+    isvc.spec.image = Some(crate::crd::ImageSpec { preprocess: "auto".into(), top_k: None });
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    let env = env_map(&d);
+    assert_eq!(env_value(&d, "KINFER_CORS_ORIGINS").as_deref(), Some("*"));
+    assert_eq!(env_value(&d, "KINFER_MAX_BODY_BYTES").as_deref(), Some("1024"));
+    assert_eq!(env_value(&d, "KINFER_RATE_LIMIT_RPS").as_deref(), Some("0"));
+    assert_eq!(env_value(&d, "KINFER_IMAGE_PREPROCESS").as_deref(), Some("auto"));
+    for absent in ["KINFER_MAX_BATCH_ROWS", "KINFER_REQUEST_TIMEOUT_MS", "KINFER_RATE_LIMIT_BURST", "KINFER_TOP_K"] {
+        assert!(!env.contains_key(absent), "{absent} set without being asked for");
+    }
+}
+
+#[test]
+fn auth_tokens_come_from_a_read_only_secret_volume_never_in_clear() {
+    let d = build_deployment(&valid("full.yaml"));
+    let pod = pod_spec(&d);
+    let vol = pod.volumes.iter().flatten().find(|v| v.secret.is_some()).expect("a Secret volume");
+    let secret = vol.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("fraud-api-tokens"));
+    let items = secret.items.as_ref().unwrap();
+    assert_eq!(items.len(), 1, "only the token key is projected");
+    assert_eq!((items[0].key.as_str(), items[0].path.as_str()), ("api-tokens", "tokens"));
+    assert_eq!(secret.default_mode, Some(0o440));
+    assert_eq!(secret.optional, Some(false));
+    let mount = container(&d).volume_mounts.iter().flatten().find(|m| m.name == vol.name).unwrap();
+    assert_eq!(mount.mount_path, AUTH_DIR);
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(env_value(&d, "KINFER_AUTH_TOKENS_FILE"), Some(format!("{AUTH_DIR}/tokens")));
+    let env = env_map(&d);
+    assert!(!env.contains_key("KINFER_AUTH_TOKENS"), "tokens are never passed as env");
+    for e in env.values() {
+        let secret_ref = e.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref());
+        assert!(secret_ref.is_none_or(|r| r.name != "fraud-api-tokens"), "{e:?}");
+    }
+    // the whole Deployment never carries the Secret's content, only its name and key
+    let text = serde_json::to_string(&d).unwrap();
+    assert_eq!(text.matches("fraud-api-tokens").count(), 1, "{text}");
+
+    // default key
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.auth = serde_json::from_value(serde_json::json!({"secretRef": {"name": "tok"}})).unwrap();
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    let vol = pod_spec(&d).volumes.iter().flatten().find(|v| v.secret.is_some()).cloned().unwrap();
+    let item = &vol.secret.unwrap().items.unwrap()[0];
+    assert_eq!((item.key.as_str(), item.path.as_str()), ("tokens", "tokens"));
+}
+
+#[test]
+fn labels_come_from_a_read_only_config_map_volume() {
+    let d = build_deployment(&valid("full.yaml"));
+    let pod = pod_spec(&d);
+    let vol = pod.volumes.iter().flatten().find(|v| v.config_map.is_some()).expect("a ConfigMap volume");
+    let cm = vol.config_map.as_ref().unwrap();
+    assert_eq!(cm.name, "fraud-classes");
+    let items = cm.items.as_ref().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!((items[0].key.as_str(), items[0].path.as_str()), ("labels.txt", "labels.txt"), "default key");
+    let mount = container(&d).volume_mounts.iter().flatten().find(|m| m.name == vol.name).unwrap();
+    assert_eq!(mount.mount_path, LABELS_DIR);
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(env_value(&d, "KINFER_LABELS_FILE"), Some(format!("{LABELS_DIR}/labels.txt")));
+    // the writable volumes stay writable, and every mount has its volume
+    let mounts = container(&d).volume_mounts.clone().unwrap();
+    for m in &mounts {
+        assert!(pod.volumes.iter().flatten().any(|v| v.name == m.name), "{m:?}");
+        let writable = m.mount_path == CACHE_DIR || m.mount_path == "/tmp";
+        assert_eq!(m.read_only.unwrap_or(false), !writable, "{m:?}");
+    }
+    assert_eq!(mounts.len(), 4);
+
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.labels =
+        serde_json::from_value(serde_json::json!({"configMapRef": {"name": "classes", "key": "names"}})).unwrap();
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    let vol = pod_spec(&d).volumes.iter().flatten().find(|v| v.config_map.is_some()).cloned().unwrap();
+    let cm = vol.config_map.unwrap();
+    assert_eq!(cm.name, "classes");
+    let item = &cm.items.unwrap()[0];
+    assert_eq!((item.key.as_str(), item.path.as_str()), ("names", "labels.txt"));
+}
+
+#[test]
+fn template_hash_changes_with_the_new_settings() {
+    let hash = |isvc: &crate::crd::InferenceService| {
+        let d = build_deployment(&validate(isvc, &OperatorConfig::default()).unwrap());
+        d.spec.unwrap().template.metadata.unwrap().labels.unwrap()[TEMPLATE_HASH_LABEL].clone()
+    };
+    let a = fixture("full.yaml");
+    let mut b = a.clone();
+    b.spec.auth.as_mut().unwrap().secret_ref.name = "other-tokens".into();
+    let mut c = a.clone();
+    c.spec.limits.as_mut().unwrap().max_batch_rows = Some(100);
+    assert_ne!(hash(&a), hash(&b));
     assert_ne!(hash(&a), hash(&c));
 }
