@@ -494,9 +494,11 @@ pub struct ImageSpec {
     #[schemars(regex(pattern = r"^[^\r\n]+$"))]
     pub preprocess: String,
 
-    /// Classes listed per row in `/predict`'s `top_k` (`KINFER_TOP_K`). Unset: 5.
+    /// Classes listed per row in `/predict`'s `top_k` (`KINFER_TOP_K`). 0: the model's raw
+    /// outputs per row instead, for image models that are not classifiers (e.g. embeddings).
+    /// Unset: 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub top_k: Option<i32>,
 }
 

@@ -157,7 +157,11 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         if i.preprocess.trim().is_empty() || i.preprocess.contains(['\n', '\r']) {
             return Err("image.preprocess must be one line of key=value pairs (or `auto`)".into());
         }
-        at_least_one("image.topK", i.top_k.map(i64::from))?;
+        if let Some(k) = i.top_k
+            && k < 0
+        {
+            return Err(format!("image.topK {k} must be at least 0"));
+        }
     }
 
     let runtime = spec.runtime.clone().unwrap_or_default();
@@ -391,6 +395,10 @@ mod tests {
                 Box::new(|i| {
                     i.spec.limits = Some(crate::crd::LimitsSpec { max_concurrency: Some(0), ..Default::default() });
                 }),
+            ),
+            (
+                "image.topK -1 must be at least 0",
+                Box::new(|i| i.spec.image = Some(crate::crd::ImageSpec { preprocess: "auto".into(), top_k: Some(-1) })),
             ),
             (
                 "image.preprocess",

@@ -360,6 +360,10 @@ fn logging_cors_limits_and_image_settings_reach_the_runtime_env() {
     for absent in ["KINFER_MAX_BATCH_ROWS", "KINFER_REQUEST_TIMEOUT_MS", "KINFER_RATE_LIMIT_BURST", "KINFER_TOP_K"] {
         assert!(!env.contains_key(absent), "{absent} set without being asked for");
     }
+    // topK 0: raw outputs (image models that are not classifiers)
+    isvc.spec.image.as_mut().unwrap().top_k = Some(0);
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    assert_eq!(env_value(&d, "KINFER_TOP_K").as_deref(), Some("0"));
 }
 
 #[test]
@@ -444,4 +448,25 @@ fn template_hash_changes_with_the_new_settings() {
     c.spec.limits.as_mut().unwrap().max_batch_rows = Some(100);
     assert_ne!(hash(&a), hash(&b));
     assert_ne!(hash(&a), hash(&c));
+}
+
+/// examples/fraud-secured.yaml, as users copy it: tokens from its Secret through a volume.
+#[test]
+fn the_secured_example_builds_auth_cors_and_limits() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/fraud-secured.yaml");
+    let Ok(text) = std::fs::read_to_string(path) else { return };
+    let doc = text.split("\n---\n").find(|d| d.contains("kind: InferenceService")).unwrap();
+    let mut isvc: crate::crd::InferenceService = serde_yaml::from_str(doc).unwrap();
+    isvc.metadata.namespace = Some("default".into());
+    isvc.metadata.uid = Some("0000-uid-isvc".into());
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    let secret = pod_spec(&d).volumes.iter().flatten().find_map(|v| v.secret.clone()).unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("fraud-api-tokens"));
+    assert_eq!(env_value(&d, "KINFER_AUTH_TOKENS_FILE"), Some(format!("{AUTH_DIR}/tokens")));
+    assert!(!serde_json::to_string(&d).unwrap().contains("demo-token"), "a token leaked into the Deployment");
+    assert!(env_value(&d, "KINFER_CORS_ORIGINS").unwrap().contains("https://fraud-dashboard.example.com"));
+    for var in ["KINFER_MAX_BATCH_ROWS", "KINFER_MAX_BODY_BYTES", "KINFER_REQUEST_TIMEOUT_MS", "KINFER_RATE_LIMIT_RPS"]
+    {
+        assert!(env_value(&d, var).is_some(), "{var}");
+    }
 }
