@@ -46,7 +46,7 @@ build() { # build <Dockerfile> <tag>
   set +e
   podman build --runtime runc --network host "${LIMITS[@]}" "${extra[@]}" \
     --build-arg TARGETARCH="$arch" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || true)" \
-    -f "$1" -t "$2" . 2>&1 | grep --line-buffered -v -E '^\s+(Downloaded|Downloading) ' | sed -u "s/^/  [$1] /"
+    -f "$1" -t "$2" . 2>&1 | grep --line-buffered -v -E '^\s+(Downloaded|Downloading) ' | sed -u "s/^/  [$1] /" >&2
   st=${PIPESTATUS[0]}
   set -e
   [ "$st" = 0 ] || die "podman build -f $1 failed"
@@ -54,11 +54,11 @@ build() { # build <Dockerfile> <tag>
 }
 if want runtime; then
   log "building $RUNTIME_IMAGE from Dockerfile.runtime"
-  rt_secs=$(build Dockerfile.runtime "$RUNTIME_IMAGE" | tee /dev/stderr | tail -1)
+  rt_secs=$(build Dockerfile.runtime "$RUNTIME_IMAGE")
 fi
 if want operator; then
   log "building $OPERATOR_IMAGE from Dockerfile.operator"
-  op_secs=$(build Dockerfile.operator "$OPERATOR_IMAGE" | tee /dev/stderr | tail -1)
+  op_secs=$(build Dockerfile.operator "$OPERATOR_IMAGE")
 fi
 
 size() { podman image inspect --format '{{.Size}}' "$1" | awk '{printf "%.1f MB", $1/1e6}'; }
