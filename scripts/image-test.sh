@@ -11,7 +11,6 @@
 # IMAGES="runtime" or IMAGES="operator" builds and checks only that one (default: both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$PWD"
 RUNTIME_IMAGE="${RUNTIME_IMAGE:-localhost/kinfer/kinfer-runtime:test}"
 OPERATOR_IMAGE="${OPERATOR_IMAGE:-localhost/kinfer/kinfer-operator:test}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
