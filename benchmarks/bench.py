@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -155,9 +156,19 @@ def rows_of(model: str, n: int) -> list[list[float]]:
 
 
 def body_file(model: str, proto: str, n: int) -> Path:
+    """The request body; for "v2bin" (the binary tensor extension) its JSON header's length goes
+    into the file name's sidecar PATH.hlen, for the Inference-Header-Content-Length header."""
     BODIES.mkdir(parents=True, exist_ok=True)
     path = BODIES / f"{model}-{proto}-{n}.json"
     rows = rows_of(model, n)
+    if proto == "v2bin":
+        raw = struct.pack(f"<{n * len(rows[0])}f", *[x for r in rows for x in r])
+        header = json.dumps({"inputs": [{"name": "input", "shape": [n, len(rows[0])], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": len(raw)}}],
+                             "parameters": {"binary_data_output": True}}, separators=(",", ":")).encode()
+        path.write_bytes(header + raw)
+        Path(str(path) + ".hlen").write_text(str(len(header)))
+        return path
     if proto == "v1":
         body = {"instances": rows}
     else:
@@ -168,7 +179,7 @@ def body_file(model: str, proto: str, n: int) -> Path:
 
 
 def url_path(proto: str, name: str) -> str:
-    return f"/v2/models/{name}/infer" if proto == "v2" else f"/v1/models/{name}:predict"
+    return f"/v2/models/{name}/infer" if proto in ("v2", "v2bin") else f"/v1/models/{name}:predict"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +341,11 @@ def wrk(port: int, path: str, body: Path, conns: int, seconds: int) -> dict:
     threads = max(1, min(WRK_THREADS, conns))
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
            "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY": str(body)})
+    env = {**os.environ, "BENCH_BODY": str(body)}
+    hlen = Path(str(body) + ".hlen")
+    if hlen.exists():
+        env["BENCH_HEADER_LENGTH"] = hlen.read_text().strip()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             d = json.loads(line[len("BENCH_JSON "):])
@@ -424,6 +439,8 @@ def section_ready() -> None:
 
 
 MAIN_CASES = [(proto, rows, conns) for proto in ("v2", "v1") for rows in (1, 64) for conns in (1, 32)]
+# The binary tensor extension (kinfer only; the baseline does not speak it).
+BINARY_CASES = [("v2bin", 64, 1), ("v2bin", 64, 32)]
 
 
 def section_main() -> None:
@@ -436,13 +453,15 @@ def section_main() -> None:
             for p in problems:
                 log("PROBLEM " + p)
             RESULTS["problems"].extend(problems)
-            bodies = {(proto, rows): body_file(model, proto, rows) for proto, rows, _ in MAIN_CASES}
+            bodies = {(proto, rows): body_file(model, proto, rows) for proto, rows, _ in MAIN_CASES + BINARY_CASES}
             for rep in range(REPEAT):
                 fl = floor(model)
                 for rows, d in fl.items():
                     RESULTS["floor"].append({"model": model, "rows": rows, "rep": rep, **d})
-                for proto, rows, conns in MAIN_CASES:
+                for proto, rows, conns in MAIN_CASES + BINARY_CASES:
                     for s in servers:
+                        if proto == "v2bin" and s.kind != "kinfer":
+                            continue
                         d = measure(s, proto, rows, conns, bodies[(proto, rows)])
                         RESULTS["main"].append({"model": model, "server": s.label, "proto": proto, "rows": rows,
                                                 "conns": conns, "rep": rep, **d})
@@ -533,7 +552,7 @@ def main_rows() -> list[dict]:
     """Medians over repeats, and ratios taken per repeat (side by side) then the median."""
     rows = []
     for model in MODELS:
-        for proto, n, conns in MAIN_CASES:
+        for proto, n, conns in MAIN_CASES + BINARY_CASES:
             def runs(server):
                 return [r for r in RESULTS["main"] if r["model"] == model and r["server"] == server
                         and r["proto"] == proto and r["rows"] == n and r["conns"] == conns]

@@ -5,7 +5,14 @@ local f = assert(io.open(path, "rb"), "cannot open BENCH_BODY " .. tostring(path
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+local hlen = os.getenv("BENCH_HEADER_LENGTH")
+if hlen and hlen ~= "" then
+  -- The binary tensor extension: a JSON header of this many bytes, then the raw tensors.
+  wrk.headers["Inference-Header-Content-Length"] = hlen
+  wrk.headers["Content-Type"] = "application/octet-stream"
+else
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
