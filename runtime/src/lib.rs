@@ -52,8 +52,9 @@ pub async fn load_model(
     let path = store::fetch(&cfg.model_uri, &opts).await.map_err(|e| Fatal(e.message))?;
     tracing::info!(uri = %cfg.model_uri, path = %path.display(), elapsed_ms = t0.elapsed().as_millis() as u64, "model fetched");
 
-    let sessions_wanted = cfg.sessions.unwrap_or(1).max(1);
-    let intra = (cfg.intra_threads() / sessions_wanted).max(1);
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(u64::MAX);
+    let (sessions_wanted, intra) = cfg.session_layout(size);
+    tracing::info!(sessions = sessions_wanted, intra_threads = intra, "session layout");
     let (name, version, uri) = (state.name.clone(), state.version.clone(), cfg.model_uri.clone());
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, Fatal> {
         let bytes =
