@@ -356,6 +356,9 @@ trait Element: Sized {
     fn from_bool(_: bool) -> Option<Self> {
         None
     }
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
 }
 
 macro_rules! int_element {
@@ -407,6 +410,22 @@ impl Element for f64 {
     }
     fn from_f64(v: f64) -> Option<Self> {
         Some(v)
+    }
+}
+
+impl Element for String {
+    const DT: DataType = DataType::Bytes;
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_str(v: &str) -> Option<Self> {
+        Some(v.to_string())
     }
 }
 
@@ -522,8 +541,13 @@ impl<'de, T: Element> Visitor<'de> for Flatten<'_, T> {
         self.push(T::from_f64(v), format_args!("{v}"))
     }
     fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
-        let shown: String = v.chars().take(32).collect();
-        self.push(None, format_args!("the string {shown:?}"))
+        match T::from_str(v) {
+            Some(x) => self.push(Some(x), format_args!("")),
+            None => {
+                let shown: String = v.chars().take(32).collect();
+                self.push(None, format_args!("the string {shown:?}"))
+            }
+        }
     }
     fn visit_unit<E: de::Error>(mut self) -> Result<(), E> {
         self.push(None, format_args!("null"))
@@ -544,51 +568,6 @@ impl<'de, T: Element> Visitor<'de> for Flatten<'_, T> {
         shape.array(depth, n).map_err(|e| de::Error::custom(e.0))?;
         if n == 0 {
             // An empty array contributes no scalars; its depth is its leaf depth.
-            shape.leaf(depth + 1).map_err(|e| de::Error::custom(e.0))?;
-        }
-        Ok(())
-    }
-}
-
-struct FlattenStrings<'a> {
-    out: &'a mut Vec<String>,
-    shape: &'a mut ShapeTracker,
-    depth: usize,
-    limit: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for FlattenStrings<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FlattenStrings<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string or an array of strings")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.shape.leaf(self.depth).map_err(|e| E::custom(e.0))?;
-        if self.out.len() >= self.limit {
-            return Err(E::custom(format!("more than {} elements", self.limit)));
-        }
-        self.out.push(v.to_string());
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let FlattenStrings { out, shape, depth, limit } = self;
-        let mut n = 0usize;
-        loop {
-            let seed = FlattenStrings { out: &mut *out, shape: &mut *shape, depth: depth + 1, limit };
-            if seq.next_element_seed(seed)?.is_none() {
-                break;
-            }
-            n += 1;
-        }
-        shape.array(depth, n).map_err(|e| de::Error::custom(e.0))?;
-        if n == 0 {
             shape.leaf(depth + 1).map_err(|e| de::Error::custom(e.0))?;
         }
         Ok(())
@@ -637,12 +616,7 @@ pub fn decode_json_into(
         TensorData::I64(v) => flatten_into(json, v, shape, limit),
         TensorData::F32(v) => flatten_into(json, v, shape, limit),
         TensorData::F64(v) => flatten_into(json, v, shape, limit),
-        TensorData::Bytes(v) => {
-            let mut de = serde_json::Deserializer::from_str(json);
-            FlattenStrings { out: v, shape, depth: 0, limit }
-                .deserialize(&mut de)
-                .map_err(|e| DecodeError(strip_position(e)))
-        }
+        TensorData::Bytes(v) => flatten_into(json, v, shape, limit),
     }
 }
 
