@@ -31,7 +31,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Pod, Secret},
+    api::{
+        core::v1::{Namespace, Pod, Secret},
+        discovery::v1::EndpointSlice,
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kinfer_operator::InferenceService;
@@ -251,6 +254,20 @@ impl TestNamespace {
             .patch(&crd.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
             .await
             .context("applying crds/")?;
+        // On a fresh cluster the InferenceService API is served only once the CRD is Established;
+        // a create before that is a 404 and the operator's first watch fails.
+        let crds = Api::<CustomResourceDefinition>::all(self.client.clone());
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            kube::runtime::wait::await_condition(
+                crds,
+                &crd.name_any(),
+                kube::runtime::wait::conditions::is_crd_established(),
+            ),
+        )
+        .await
+        .context("the CRD was not Established within 60 s")?
+        .context("watching the CRD")?;
         let config = kinfer_operator::OperatorConfig {
             runtime_image: self.config.runtime_image.clone(),
             ..kinfer_operator::OperatorConfig::default()
@@ -323,6 +340,9 @@ impl TestNamespace {
                 && status.replicas == status.ready_replicas
                 && status.ready_replicas.unwrap_or(0) > 0
             {
+                // Ready pods are in the Service only once the endpoints controller has published
+                // them (a moment later on a busy cluster): wait for that too.
+                self.wait_endpoints(name, deadline).await?;
                 return Ok(isvc);
             }
             if Instant::now() > deadline {
@@ -334,6 +354,27 @@ impl TestNamespace {
                 );
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Waits until the Service `name` has at least one ready endpoint (EndpointSlices).
+    pub async fn wait_endpoints(&self, name: &str, deadline: Instant) -> Result<()> {
+        let slices = self.api::<EndpointSlice>();
+        let selector = format!("kubernetes.io/service-name={name}");
+        loop {
+            let ready = slices
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items
+                .iter()
+                .any(|s| s.endpoints.iter().any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false)));
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Service {name} has no ready endpoint\n{}", self.describe_pods().await);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -399,9 +440,22 @@ impl TestNamespace {
     }
 
     /// POSTs an infer request to the Service (so to whichever ready pod its endpoints name)
-    /// through the API server's service proxy.
+    /// through the API server's service proxy. A Service whose endpoints are not published yet
+    /// answers 503 ("no endpoints available") or 404 through the proxy: such answers are retried
+    /// for up to 30 s, after waiting for a ready endpoint. (The load client of
+    /// [`TestNamespace::start_load`] never retries: every failure there counts.)
     pub async fn infer_service(&self, service: &str, model: &str, body: &Value) -> Result<Value> {
-        infer_service(&self.client, &self.name, service, model, body).await
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match infer_service(&self.client, &self.name, service, model, body).await {
+                Err(e) if Instant::now() < deadline && not_routed_yet(&e) => {
+                    eprintln!("{service}: not routed yet ({e:#}); waiting for its endpoints");
+                    self.wait_endpoints(service, deadline).await?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts a client that sends predictions to the Service in a loop until stopped.
@@ -485,11 +539,19 @@ impl TestNamespace {
     }
 }
 
+/// Whether an error from the API server's service proxy means "no endpoint to send it to yet".
+fn not_routed_yet(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| match c.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(s)) => s.code == 503 || (s.code == 404 && !s.message.contains("model")),
+        _ => false,
+    })
+}
+
 async fn post_json(client: &Client, path: &str, body: &Value) -> Result<Value> {
     let req = http::Request::post(path)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(serde_json::to_vec(body)?)?;
-    client.request::<Value>(req).await.map_err(|e| anyhow!("POST {path}: {e}"))
+    client.request::<Value>(req).await.with_context(|| format!("POST {path}"))
 }
 
 async fn infer_service(client: &Client, ns: &str, service: &str, model: &str, body: &Value) -> Result<Value> {

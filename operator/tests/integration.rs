@@ -57,8 +57,9 @@ fn fixture(name: &str) -> InferenceService {
 async fn test_client(test: &str) -> Option<Client> {
     let Some(path) = std::env::var_os("KINFER_TEST_KUBECONFIG").map(PathBuf::from) else {
         eprintln!(
-            "skipping {test}: KINFER_TEST_KUBECONFIG is not set (point it at the kubeconfig of a \
-             control plane with kube-apiserver and kube-controller-manager to run it)"
+            "skipping {test}: KINFER_TEST_KUBECONFIG is not set (`make test` sets it when the local \
+             Kubernetes kit ../shared/k8s is beside the repository; or point it at the kubeconfig of \
+             a control plane with kube-apiserver and kube-controller-manager)"
         );
         return None;
     };

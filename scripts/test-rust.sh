@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make test-rust`: every cargo test of the workspace. The operator's integration tests
+# (operator/tests/integration.rs) need a real API server: when KINFER_TEST_KUBECONFIG is not set
+# and the local Kubernetes kit is there (../shared/k8s beside the repository, or KINFER_K8S_KIT),
+# this starts a control plane of its own (kube-apiserver + kube-controller-manager + etcd on
+# 127.0.0.1, ports apart from a developer's default cluster), points the tests at it and stops it
+# afterwards, also on failure. Without the kit the integration tests skip and say why.
+#
+# Env: KINFER_TEST_KUBECONFIG (use that cluster instead), KINFER_K8S_KIT (the kit's folder),
+# KINFER_TEST_K8S_HOME (the control plane's state; default ~/.cache/kinfer-test-k8s),
+# CARGO_TEST_ARGS (extra arguments after `cargo test --workspace --all-targets`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO="${CARGO:-cargo}"
+KIT="${KINFER_K8S_KIT:-$PWD/../shared/k8s}"
+t0=$(date +%s)
+log() { echo "test-rust [$(( $(date +%s) - t0 ))s]: $*" >&2; }
+
+if [ -z "${KINFER_TEST_KUBECONFIG:-}" ] && [ -x "$KIT/up.sh" ]; then
+  export K8S_HOME="${KINFER_TEST_K8S_HOME:-$HOME/.cache/kinfer-test-k8s}"
+  export K8S_API_PORT="${KINFER_TEST_K8S_API_PORT:-26443}" K8S_ETCD_PORT=22379 K8S_ETCD_PEER_PORT=22380 \
+    K8S_KCM_PORT=30257
+  stop() { "$KIT/down.sh" >/dev/null 2>&1 || log "down.sh failed (state in $K8S_HOME)"; }
+  trap stop EXIT
+  log "starting a control plane for the operator's integration tests ($KIT/up.sh, K8S_HOME=$K8S_HOME)"
+  kubeconfig="$("$KIT/up.sh")"
+  export KINFER_TEST_KUBECONFIG="$kubeconfig"
+  log "control plane up: KINFER_TEST_KUBECONFIG=$KINFER_TEST_KUBECONFIG"
+elif [ -z "${KINFER_TEST_KUBECONFIG:-}" ]; then
+  log "no Kubernetes kit at $KIT and KINFER_TEST_KUBECONFIG unset: the operator's integration tests will skip"
+fi
+# shellcheck disable=SC2086
+"$CARGO" test --workspace --all-targets ${CARGO_TEST_ARGS:-}
