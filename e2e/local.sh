@@ -110,13 +110,13 @@ S3_ENDPOINT="http://$BRIDGE:$s3_port"
 export KINFER_E2E=1 KINFER_E2E_RUNTIME_IMAGE="$RUNTIME_IMAGE" KINFER_E2E_S3_ENDPOINT="$S3_ENDPOINT" \
   KINFER_E2E_S3_ACCESS_KEY="$S3_AK" KINFER_E2E_S3_SECRET_KEY="$S3_SK" KINFER_E2E_READY_TIMEOUT=180
 step "building the e2e suite"
-cargo test -q -p kinfer-e2e --test kind --no-run 2>&1 | tail -3 >&2
+cargo test -q --workspace --test kind --no-run 2>&1 | tail -3 >&2
 
 suite() { # suite <mode>: the Rust e2e suite, one test at a time
   local mode=$1 s; s=$(date +%s)
   step "e2e suite, operator $mode"
   # shellcheck disable=SC2086
-  KINFER_E2E_OPERATOR="$2" cargo test -q -p kinfer-e2e --test kind -- --test-threads=1 --nocapture \
+  KINFER_E2E_OPERATOR="$2" cargo test -q --workspace --test kind -- --test-threads=1 --nocapture \
     ${E2E_TEST_ARGS:-} 2>&1 | tee "$WORK/suite-$mode.log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || die "e2e suite with the operator $mode failed"

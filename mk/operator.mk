@@ -11,8 +11,8 @@ run-operator:
 	kubectl apply --server-side -f $(OPERATOR_CRD)
 	$(CARGO) run -p kinfer-operator --bin kinfer-operator -- $(OPERATOR_ARGS)
 
-# Integration tests against a real control plane (kube-apiserver + kube-controller-manager).
+# Only the operator's integration tests, against KINFER_TEST_KUBECONFIG or a control plane started
+# from ../shared/k8s for the run (`make test` runs them with everything else).
 .PHONY: test-operator-integration
 test-operator-integration:
-	@test -n "$$KINFER_TEST_KUBECONFIG" || { echo "set KINFER_TEST_KUBECONFIG to the kubeconfig of a control plane"; exit 2; }
-	$(CARGO) test -p kinfer-operator --test integration -- --nocapture
+	CARGO="$(CARGO)" scripts/test-rust.sh -p kinfer-operator --test integration -- --nocapture

@@ -6,9 +6,9 @@
 # 127.0.0.1, ports apart from a developer's default cluster), points the tests at it and stops it
 # afterwards, also on failure. Without the kit the integration tests skip and say why.
 #
+# Arguments are cargo test's (default: --workspace --all-targets).
 # Env: KINFER_TEST_KUBECONFIG (use that cluster instead), KINFER_K8S_KIT (the kit's folder),
-# KINFER_TEST_K8S_HOME (the control plane's state; default ~/.cache/kinfer-test-k8s),
-# CARGO_TEST_ARGS (extra arguments after `cargo test --workspace --all-targets`).
+# KINFER_TEST_K8S_HOME (the control plane's state; default ~/.cache/kinfer-test-k8s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
@@ -29,5 +29,5 @@ if [ -z "${KINFER_TEST_KUBECONFIG:-}" ] && [ -x "$KIT/up.sh" ]; then
 elif [ -z "${KINFER_TEST_KUBECONFIG:-}" ]; then
   log "no Kubernetes kit at $KIT and KINFER_TEST_KUBECONFIG unset: the operator's integration tests will skip"
 fi
-# shellcheck disable=SC2086
-"$CARGO" test --workspace --all-targets ${CARGO_TEST_ARGS:-}
+[ $# -gt 0 ] || set -- --workspace --all-targets
+"$CARGO" test "$@"
