@@ -26,7 +26,12 @@ NON_DEFAULT = {
     "commonLabels": {"team": "ml-platform", "cost-center": "42"},
     "podLabels": {"sidecar.istio.io/inject": "false"},
     "imagePullSecrets": [{"name": "regcred"}],
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "dashboard": {"enabled": True},
+    },
 }
 
 # Verbs allowed on each (apiGroup, resource) and nothing else.
