@@ -27,21 +27,6 @@ MIRROR="${DEBIAN_MIRROR:-$(host_mirror | head -1)}"
 # The security archive: the host's, else Debian's.
 SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 ~ /security/ {print $2; exit}' || true)}"
 SECURITY_MIRROR="${SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-write_bookworm_sources() { # <file>: deb822 sources naming only bookworm's suites
-  cat >"$1" <<SRC
-Types: deb
-URIs: $MIRROR
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $SECURITY_MIRROR
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-}
 FORCE="${FORCE:-0}"
 BUILD=(podman build --runtime runc --network host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 
@@ -62,7 +47,7 @@ if want "$DEBIAN_IMAGE"; then
   # would turn this "bookworm" image into that suite, and binaries built on it would then need a
   # newer glibc than bookworm-slim has ("GLIBC_2.39 not found").
   rm -f "$rootfs/etc/apt/sources.list" "$rootfs"/etc/apt/sources.list.d/*
-  write_bookworm_sources "$rootfs/etc/apt/sources.list.d/debian.sources"
+  "$(dirname "$0")/bookworm-sources.sh" "$MIRROR" "$SECURITY_MIRROR" >"$rootfs/etc/apt/sources.list.d/debian.sources"
   # Keep it slim like the official image: no apt lists, caches, docs or man pages.
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log \
@@ -112,7 +97,7 @@ CF
 fi
 
 # The build image must have bookworm's glibc, the one the final images run with.
-glibc() { podman run --rm --runtime runc --network none "$1" ldd --version | awk 'NR==1 {print $NF}'; }
+glibc() { podman run --rm --runtime runc --network none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 "$1" ldd --version | awk 'NR==1 {print $NF}'; }
 base_glibc="$(glibc "$DEBIAN_IMAGE")"; build_glibc="$(glibc "$RUST_IMAGE")"
 [ "$base_glibc" = "$build_glibc" ] || {
   log "$RUST_IMAGE has glibc $build_glibc but $DEBIAN_IMAGE has $base_glibc: binaries built on it would not run; FORCE=1 remakes the images"

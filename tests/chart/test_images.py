@@ -48,3 +48,32 @@ def test_dockerfile_shape(dockerfile):
     bases = text("scripts/make-base-images.sh")
     for arg in re.findall(r"^ARG (?:RUST|PYTHON|BASE)_IMAGE=(\S+)$", body, re.M):
         assert f"docker.io/library/{arg}" in bases, f"{dockerfile}: {arg} is not made by make-base-images.sh"
+
+
+def test_base_images_name_bookworm_alone():
+    """The "bookworm" base image gets bookworm's suites only, never the host's apt sources (a host
+    with a newer suite configured made images whose binaries needed GLIBC_2.39)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/bookworm-sources.sh"), "http://mirror.example/debian", "http://sec.example/ds"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    suites = [s for line in out.splitlines() if line.startswith("Suites:") for s in line.split()[1:]]
+    assert suites == ["bookworm", "bookworm-updates", "bookworm-security"], suites
+    assert "URIs: http://mirror.example/debian" in out and "URIs: http://sec.example/ds" in out
+    script = text("scripts/make-base-images.sh")
+    assert not re.search(r"cp\s+/etc/apt", script), "make-base-images.sh copies the host's apt sources"
+    assert "bookworm-sources.sh" in script
+    # And it refuses a build image whose glibc differs from the final base image's.
+    assert 'ldd --version' in script and '"$base_glibc" = "$build_glibc"' in script
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_build_cache_is_keyed_by_the_build_images_glibc(dockerfile):
+    """The shared target cache must not hand binaries built on another base to this one."""
+    body = text(dockerfile)
+    assert "id=kinfer-cargo-target" in body
+    m = re.search(r'export CARGO_TARGET_DIR="/src/target/([^"]+)"', body)
+    assert m and "ldd --version" in m.group(1) and "rustc -V" in m.group(1), "CARGO_TARGET_DIR not keyed by glibc"
+    assert '"$CARGO_TARGET_DIR"/release/' in body and " target/release/" not in body
