@@ -20,7 +20,7 @@ if [ -z "${KINFER_TEST_KUBECONFIG:-}" ] && [ -x "$KIT/up.sh" ]; then
   export K8S_HOME="${KINFER_TEST_K8S_HOME:-$HOME/.cache/kinfer-test-k8s}"
   export K8S_API_PORT="${KINFER_TEST_K8S_API_PORT:-26443}" K8S_ETCD_PORT=22379 K8S_ETCD_PEER_PORT=22380 \
     K8S_KCM_PORT=30257
-  stop() { "$KIT/down.sh" >/dev/null 2>&1 || log "down.sh failed (state in $K8S_HOME)"; }
+  stop() { "$KIT/down.sh" --wipe >/dev/null 2>&1 || log "down.sh failed (state in $K8S_HOME)"; }
   trap stop EXIT
   log "starting a control plane for the operator's integration tests ($KIT/up.sh, K8S_HOME=$K8S_HOME)"
   kubeconfig="$("$KIT/up.sh")"
