@@ -329,27 +329,38 @@ impl Activity {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    fn read(&self) {
-        let now = self.now_ms();
+    fn read_at(&self, now: Instant) {
+        let now = self.ms(now);
         self.last_io.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let _ = self.head_started.compare_exchange(NONE, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
-    fn wrote(&self) {
-        self.last_io.store(self.now_ms(), Ordering::Relaxed);
+    fn wrote_at(&self, now: Instant) {
+        self.last_io.store(self.ms(now), Ordering::Relaxed);
     }
 
     /// A request head arrived; the returned guard marks it answered when dropped.
     fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.started();
+        InFlight(self.clone())
+    }
+
+    fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(NONE, Ordering::Relaxed);
-        InFlight(self.clone())
+    }
+
+    fn answered_at(&self, now: Instant) {
+        self.free_since.store(self.ms(now), Ordering::Relaxed);
+        self.head_started.store(NONE, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// `Ok(when to look again)`, or `Err(why)` when a deadline has passed.
@@ -378,11 +389,7 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let a = &self.0;
-        a.free_since.store(a.now_ms(), Ordering::Relaxed);
-        a.head_started.store(NONE, Ordering::Relaxed);
-        a.served.store(true, Ordering::Relaxed);
-        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.answered_at(Instant::now());
     }
 }
 
@@ -398,7 +405,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.read();
+            this.activity.read_at(Instant::now());
         }
         res
     }
@@ -409,7 +416,7 @@ impl AsyncWrite for Tracked {
         let this = self.get_mut();
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.wrote();
+            this.activity.wrote_at(Instant::now());
         }
         res
     }
@@ -422,7 +429,7 @@ impl AsyncWrite for Tracked {
         let this = self.get_mut();
         let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.wrote();
+            this.activity.wrote_at(Instant::now());
         }
         res
     }
@@ -451,31 +458,35 @@ mod tests {
         assert_eq!(fit_connections(4096, 32, 100), 1, "never zero");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn deadlines_follow_the_connection_state() {
+    #[test]
+    fn deadlines_follow_the_connection_state() {
         let h = Duration::from_secs(2);
         let idle = Duration::from_secs(60);
-        let a = Arc::new(Activity::new());
+        let a = Activity::new();
         let t0 = a.epoch;
+        let at = |s: u64| t0 + Duration::from_secs(s);
         // New connection: header deadline from accept, even once bytes arrive.
-        assert_eq!(a.check(t0, h, idle), Ok(t0 + h));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        a.read();
-        assert_eq!(a.check(Instant::now(), h, idle), Ok(t0 + h));
-        assert_eq!(a.check(t0 + h, h, idle), Err(Shed::HeaderTimeout));
+        assert_eq!(a.check(t0, h, idle), Ok(at(2)));
+        a.read_at(at(1));
+        assert_eq!(a.check(at(1), h, idle), Ok(at(2)));
+        assert_eq!(a.check(at(2), h, idle), Err(Shed::HeaderTimeout));
         // In flight: no connection deadline.
-        let req = a.begin_request();
-        assert!(a.check(t0 + Duration::from_secs(100), h, idle).is_ok());
-        drop(req);
-        // Kept alive: idle deadline from the answer...
-        let answered = Instant::now();
-        assert_eq!(a.check(answered, h, idle), Ok(answered + idle));
-        assert_eq!(a.check(answered + idle, h, idle), Err(Shed::IdleTimeout));
+        a.started();
+        assert!(a.check(at(100), h, idle).is_ok());
+        a.answered_at(at(3));
+        // Kept alive: idle deadline from the answer, or from the last bytes written...
+        assert_eq!(a.check(at(3), h, idle), Ok(at(63)));
+        a.wrote_at(at(4));
+        assert_eq!(a.check(at(10), h, idle), Ok(at(64)));
+        assert_eq!(a.check(at(64), h, idle), Err(Shed::IdleTimeout));
         // ...until the next request starts: then the header deadline from its first byte.
-        tokio::time::advance(Duration::from_secs(10)).await;
-        a.read();
-        let first_byte = Instant::now();
-        assert_eq!(a.check(first_byte, h, idle), Ok(first_byte + h));
-        assert_eq!(a.check(first_byte + h, h, idle), Err(Shed::HeaderTimeout));
+        a.read_at(at(30));
+        assert_eq!(a.check(at(30), h, idle), Ok(at(32)));
+        a.read_at(at(31));
+        assert_eq!(a.check(at(32), h, idle), Err(Shed::HeaderTimeout));
+        // Its head complete, the next request is in flight; answered, idle again.
+        a.started();
+        a.answered_at(at(33));
+        assert_eq!(a.check(at(34), h, idle), Ok(at(93)));
     }
 }
