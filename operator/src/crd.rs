@@ -480,6 +480,34 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub rate_limit_burst: Option<i32>,
+
+    /// Longest wait for a request body, from its head to its last byte, in milliseconds; past it
+    /// → 408 and the connection is closed. A request takes an inference slot only once its body
+    /// is complete (`KINFER_BODY_TIMEOUT_MS`). Unset: 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub body_timeout_millis: Option<i64>,
+
+    /// Longest wait for a request head in milliseconds (from accept on a new connection, from
+    /// its first byte on a kept-alive one); past it the connection is closed
+    /// (`KINFER_HEADER_TIMEOUT_MS`). Unset: 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub header_timeout_millis: Option<i64>,
+
+    /// Kept-alive connections with no request in flight and no bytes moving are closed after
+    /// this many seconds (`KINFER_IDLE_TIMEOUT_SECONDS`). Keep it above the idle timeout of
+    /// load balancers in front. Unset: 75.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_timeout_seconds: Option<i32>,
+
+    /// Client connections a pod serves at once; beyond it a reserve of 32 answers only GET
+    /// (health, metrics) and the rest get 429 and are closed (`KINFER_MAX_CONNECTIONS`). The
+    /// runtime lowers it to fit its file descriptor limit. Unset: 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: Option<i32>,
 }
 
 /// Image inputs.
@@ -862,6 +890,25 @@ mod tests {
         v["spec"]["cors"]["allowedOrigins"] = serde_json::json!(["https://app.example.com/path"]);
         let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
         assert!(err.contains("cors.allowedOrigins entries must be"), "{err}");
+    }
+
+    /// The connection deadlines and limit are bounded in the schema: no 0 (the runtime refuses
+    /// it at start), no value past what a pod could use.
+    #[test]
+    fn connection_settings_have_schema_bounds() {
+        let crd = serde_json::to_value(InferenceService::crd()).unwrap();
+        let limits = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["limits"]
+            ["properties"];
+        for (field, max) in [
+            ("bodyTimeoutMillis", 600000.0),
+            ("headerTimeoutMillis", 600000.0),
+            ("idleTimeoutSeconds", 86400.0),
+            ("maxConnections", 1000000.0),
+        ] {
+            assert_eq!(limits[field]["minimum"].as_f64(), Some(1.0), "{field}: {}", limits[field]);
+            assert_eq!(limits[field]["maximum"].as_f64(), Some(max), "{field}: {}", limits[field]);
+            assert!(limits[field]["description"].as_str().is_some_and(|d| d.contains("KINFER_")), "{field}");
+        }
     }
 
     /// The manifests users copy from examples/ pass the CRD's CEL rules.

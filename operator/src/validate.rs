@@ -144,6 +144,10 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         at_least_one("limits.maxConcurrency", l.max_concurrency.map(i64::from))?;
         at_least_one("limits.queueCapacity", l.queue_capacity.map(i64::from))?;
         at_least_one("limits.rateLimitBurst", l.rate_limit_burst.map(i64::from))?;
+        at_least_one("limits.bodyTimeoutMillis", l.body_timeout_millis)?;
+        at_least_one("limits.headerTimeoutMillis", l.header_timeout_millis)?;
+        at_least_one("limits.idleTimeoutSeconds", l.idle_timeout_seconds.map(i64::from))?;
+        at_least_one("limits.maxConnections", l.max_connections.map(i64::from))?;
         if let Some(r) = l.rate_limit_per_second
             && !(r.is_finite() && r >= 0.0)
         {
@@ -394,6 +398,19 @@ mod tests {
                 "limits.maxConcurrency 0 must be at least 1",
                 Box::new(|i| {
                     i.spec.limits = Some(crate::crd::LimitsSpec { max_concurrency: Some(0), ..Default::default() });
+                }),
+            ),
+            (
+                "limits.maxConnections 0 must be at least 1",
+                Box::new(|i| {
+                    i.spec.limits = Some(crate::crd::LimitsSpec { max_connections: Some(0), ..Default::default() });
+                }),
+            ),
+            (
+                "limits.headerTimeoutMillis 0 must be at least 1",
+                Box::new(|i| {
+                    i.spec.limits =
+                        Some(crate::crd::LimitsSpec { header_timeout_millis: Some(0), ..Default::default() });
                 }),
             ),
             (

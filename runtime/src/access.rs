@@ -9,16 +9,19 @@ use std::{
 };
 
 use axum::{
+    body::Body,
     extract::{Request, State},
     http::{HeaderValue, Method, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     error::{ApiError, ErrorCode},
+    listener::Lane,
     server::AppState,
 };
 
@@ -142,9 +145,22 @@ fn bearer(req: &Request) -> Option<&[u8]> {
     Some(rest.trim_ascii())
 }
 
-/// The middleware: auth, then the per-key rate limit, then the concurrency limit.
+/// The middleware: the connection lane, auth, the per-key rate limit, the body (read in full
+/// within its deadline), then the concurrency limit, so a slow upload never holds an inference
+/// slot.
 pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let access = &st.access;
+    if req.extensions().get::<Lane>() == Some(&Lane::Reserve) && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        st.metrics.requests_rejected.with_label_values(&["max_connections"]).inc();
+        let mut resp = ApiError::new(
+            ErrorCode::RateLimited,
+            "server at its connection limit (KINFER_MAX_CONNECTIONS): connections over it answer only \
+             GET requests such as health and metrics; retry later",
+        )
+        .into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return resp;
+    }
     if req.method() == Method::OPTIONS || !protected(req.uri().path()) {
         return next.run(req).await;
     }
@@ -162,6 +178,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     if let Some(rate) = &access.rate {
         let key = token.or_else(|| req.headers().get("x-api-key").map(HeaderValue::as_bytes)).unwrap_or(b"anonymous");
         if let Err(wait) = rate.take(key) {
+            st.metrics.requests_rejected.with_label_values(&["rate_limit"]).inc();
             let mut resp = ApiError::new(
                 ErrorCode::RateLimited,
                 format!("rate limit of {} requests/s for this API key exceeded; retry in {:.2} s", rate.rps, wait),
@@ -172,12 +189,33 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
             return resp;
         }
     }
-    let _permit = if req.method() == Method::POST
-        && let Some(sem) = &access.concurrency
-    {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let req = match read_body(req, st.max_body_bytes, st.body_timeout).await {
+        Ok(req) => req,
+        Err(e) => {
+            let code = e.code;
+            let mut resp = e.into_response();
+            match code {
+                ErrorCode::RequestTimeout => {
+                    st.metrics.connections_shed.with_label_values(&["body_timeout"]).inc();
+                    // The rest of the body may still come: the connection cannot be reused.
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                ErrorCode::PayloadTooLarge => {
+                    st.metrics.requests_rejected.with_label_values(&["max_body_bytes"]).inc();
+                }
+                _ => {}
+            }
+            return resp;
+        }
+    };
+    let _permit = if let Some(sem) = &access.concurrency {
         match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
+                st.metrics.requests_rejected.with_label_values(&["max_concurrency"]).inc();
                 return ApiError::new(
                     ErrorCode::RateLimited,
                     format!(
@@ -192,6 +230,34 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         None
     };
     next.run(req).await
+}
+
+/// Reads the whole body (at most `max` bytes) within `deadline` and hands the request on with it.
+async fn read_body(req: Request, max: usize, deadline: std::time::Duration) -> Result<Request, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds the limit of {max} bytes (KINFER_MAX_BODY_BYTES)"),
+        )
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(deadline, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::invalid(format!("cannot read the request body: {e}"))),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms (KINFER_BODY_TIMEOUT_MS); send the whole body \
+                 at once, or raise the limit",
+                deadline.as_millis()
+            ),
+        )),
+    }
 }
 
 /// CORS for the configured origins (`*` or a comma-separated list); `None` when off.

@@ -146,6 +146,28 @@ pub struct Config {
     #[arg(long, env = "KINFER_MAX_CONCURRENCY", default_value_t = 512)]
     pub max_concurrency: usize,
 
+    /// Longest wait for a request's body, from its head to its last byte, in milliseconds; past
+    /// it → 408 REQUEST_TIMEOUT and the connection is closed. A request takes an inference slot
+    /// only once its body is complete.
+    #[arg(long, env = "KINFER_BODY_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+
+    /// Longest wait for a request head, in milliseconds: from accept on a new connection, from its
+    /// first byte on a kept-alive one; past it the connection is closed.
+    #[arg(long, env = "KINFER_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
+    /// Kept-alive connections with no request in flight and no bytes moving are closed after
+    /// this many seconds.
+    #[arg(long, env = "KINFER_IDLE_TIMEOUT_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_seconds: u64,
+
+    /// Client connections served at once (plus a small reserve that answers only GET/HEAD, for
+    /// probes and metrics); beyond → 429 and closed. Lowered at start to fit the process's
+    /// descriptor limit (RLIMIT_NOFILE).
+    #[arg(long, env = "KINFER_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+
     /// CORS: allowed origins, `*` or a comma-separated list; off when unset.
     #[arg(long, env = "KINFER_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
@@ -247,5 +269,15 @@ mod tests {
         assert_eq!(c.model_version, "1");
         assert_eq!(c.max_batch_size, 1);
         assert!(c.log_uri.is_none());
+        assert_eq!((c.body_timeout_ms, c.header_timeout_ms, c.idle_timeout_seconds), (5_000, 10_000, 75));
+        assert_eq!(c.max_connections, 4096);
+    }
+
+    #[test]
+    fn zero_deadlines_and_limits_are_refused_naming_the_setting() {
+        for flag in ["--body-timeout-ms", "--header-timeout-ms", "--idle-timeout-seconds", "--max-connections"] {
+            let err = Config::try_parse_from(["k", "--model-uri", "/m.onnx", flag, "0"]).unwrap_err().to_string();
+            assert!(err.contains(flag) && err.contains("0"), "{flag}: {err}");
+        }
     }
 }

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// 404: no such model (or version, or route).
     ModelNotFound,
+    /// 408: the request body did not arrive within the body deadline.
+    RequestTimeout,
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge,
     /// 429: over the concurrency or rate limit.
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ModelNotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::ModelNotFound => "MODEL_NOT_FOUND",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::ModelNotReady => "MODEL_NOT_READY",

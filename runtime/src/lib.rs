@@ -9,6 +9,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod image;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod onnx_labels;

@@ -8,7 +8,7 @@ use clap::Parser;
 use kinfer_runtime::{
     Fatal,
     config::{Config, LogFormat},
-    load_model, model, new_metrics,
+    listener, load_model, model, new_metrics,
     protocol::Limits,
     server, write_termination_log,
 };
@@ -69,6 +69,7 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
             limits: Limits { max_rows: cfg.max_rows.max(1) },
             request_timeout: Duration::from_millis(cfg.request_timeout_ms.max(1)),
             max_body_bytes: cfg.max_body_bytes,
+            body_timeout: Duration::from_millis(cfg.body_timeout_ms),
         },
         metrics,
         access,
@@ -78,6 +79,7 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         .parse()
         .or_else(|_| format!("[{}]:{}", cfg.host, cfg.port).parse())
         .map_err(|_| Fatal(format!("invalid listen address {}:{}", cfg.host, cfg.port)))?;
+    let limits = connection_limits(&cfg);
     let listener = TcpListener::bind(addr).await.map_err(|e| Fatal(format!("cannot listen on {addr}: {e}")))?;
     tracing::info!(%addr, model = %state.name, uri = %cfg.model_uri, "listening (live; loading the model)");
 
@@ -98,18 +100,17 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
 
     let shutdown_state = state.clone();
     let delay = Duration::from_secs(cfg.shutdown_delay_seconds);
+    let metrics = state.metrics.clone();
     let app = server::router(state, cors);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Readiness turns false at once; in-flight and already-routed requests still finish.
-            shutdown_state.shutting_down.store(true, Ordering::Release);
-            shutdown_state.metrics.model_ready.reset();
-            tracing::info!(delay_s = delay.as_secs(), "SIGTERM: not ready; draining");
-            tokio::time::sleep(delay).await;
-        })
-        .await
-        .map_err(|e| Fatal(format!("server error: {e}")))?;
+    listener::serve(listener, app, limits, metrics, async move {
+        shutdown_signal().await;
+        // Readiness turns false at once; in-flight and already-routed requests still finish.
+        shutdown_state.shutting_down.store(true, Ordering::Release);
+        shutdown_state.metrics.model_ready.reset();
+        tracing::info!(delay_s = delay.as_secs(), "SIGTERM: not ready; draining");
+        tokio::time::sleep(delay).await;
+    })
+    .await;
     if let Some(log) = &log {
         let limit = Duration::from_secs(cfg.log_flush_timeout_seconds);
         if log.flush(limit).await {
@@ -120,6 +121,46 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The connection limits, with `KINFER_MAX_CONNECTIONS` lowered to fit the descriptor limit.
+fn connection_limits(cfg: &Config) -> listener::ConnLimits {
+    let wanted = usize::try_from(cfg.max_connections).unwrap_or(usize::MAX);
+    let reserve = listener::RESERVE_CONNECTIONS;
+    let max_connections = match listener::raise_fd_limit() {
+        Ok(fds) => {
+            let fit = listener::fit_connections(wanted, reserve, fds.soft);
+            if fit < wanted {
+                tracing::warn!(
+                    max_connections = fit,
+                    requested = wanted,
+                    reserve,
+                    nofile_soft = fds.soft,
+                    nofile_hard = fds.hard,
+                    "KINFER_MAX_CONNECTIONS lowered to fit the file descriptor limit (RLIMIT_NOFILE)"
+                );
+            } else {
+                tracing::info!(
+                    max_connections = fit,
+                    reserve,
+                    nofile_soft = fds.soft,
+                    nofile_hard = fds.hard,
+                    "connection limit"
+                );
+            }
+            fit
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, max_connections = wanted, "cannot read the file descriptor limit");
+            wanted
+        }
+    };
+    listener::ConnLimits {
+        max_connections,
+        reserve,
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+        idle_timeout: Duration::from_secs(cfg.idle_timeout_seconds),
+    }
 }
 
 async fn shutdown_signal() {

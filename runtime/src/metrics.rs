@@ -1,8 +1,8 @@
 //! Prometheus metrics of the runtime (`GET /metrics`, text format).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets from 50 µs to 10 s: the hot path is tens of microseconds.
@@ -19,6 +19,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub model_load_duration: Gauge,
     pub model_ready: GaugeVec,
+    pub connections_open: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_shed: IntCounterVec,
+    pub requests_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +62,34 @@ impl Metrics {
             Opts::new("kinfer_model_ready", "1 when the model is loaded and warmed up"),
             &["model", "version"],
         )?;
+        let connections_open = IntGauge::new("kinfer_connections_open", "Client connections open")?;
+        let connections_accepted = IntCounter::new("kinfer_connections_accepted_total", "Client connections accepted")?;
+        let connections_shed = IntCounterVec::new(
+            Opts::new(
+                "kinfer_connections_shed_total",
+                "Connections the server closed on its own, by reason: header_timeout, body_timeout, \
+                 idle_timeout, max_connections (refused over the limit)",
+            ),
+            &["reason"],
+        )?;
+        let requests_rejected = IntCounterVec::new(
+            Opts::new(
+                "kinfer_requests_rejected_total",
+                "Requests refused by a limit: max_concurrency, queue_capacity, rate_limit, max_body_bytes, \
+                 max_connections (a non-GET request on a reserve connection)",
+            ),
+            &["limit"],
+        )?;
+        for reason in ["header_timeout", "body_timeout", "idle_timeout", "max_connections"] {
+            connections_shed.with_label_values(&[reason]);
+        }
+        for limit in ["max_concurrency", "queue_capacity", "rate_limit", "max_body_bytes", "max_connections"] {
+            requests_rejected.with_label_values(&[limit]);
+        }
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_accepted.clone()))?;
+        registry.register(Box::new(connections_shed.clone()))?;
+        registry.register(Box::new(requests_rejected.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(inference_duration.clone()))?;
@@ -76,6 +108,10 @@ impl Metrics {
             in_flight,
             model_load_duration,
             model_ready,
+            connections_open,
+            connections_accepted,
+            connections_shed,
+            requests_rejected,
         })
     }
 

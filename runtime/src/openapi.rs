@@ -122,7 +122,7 @@ pub struct ErrorResponse {
     /// What went wrong, naming the field and what was expected.
     #[schema(example = "input 'input' has shape [1, 3], expected [-1, 4] (-1 = any size)")]
     error: String,
-    /// INVALID_REQUEST, UNAUTHORIZED, MODEL_NOT_FOUND, PAYLOAD_TOO_LARGE, RATE_LIMITED,
+    /// INVALID_REQUEST, UNAUTHORIZED, MODEL_NOT_FOUND, REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE, RATE_LIMITED,
     /// MODEL_NOT_READY, INFERENCE_TIMEOUT or INTERNAL.
     #[schema(example = "INVALID_REQUEST")]
     code: String,

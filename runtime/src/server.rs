@@ -43,6 +43,8 @@ pub struct AppState {
     pub limits: Limits,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Longest wait for a request body (KINFER_BODY_TIMEOUT_MS).
+    pub body_timeout: Duration,
     /// Image inputs and class names for /predict (set when the model loads).
     pub image: OnceLock<crate::image::Serving>,
     /// Auth, rate and concurrency limits.
@@ -201,6 +203,10 @@ async fn infer(
     // Sampled requests keep a copy of their inputs for the request log.
     let log_inputs = st.log.as_ref().filter(|l| l.sampled()).map(|_| inputs.clone());
     let result = match tokio::time::timeout(deadline, engine.infer(inputs)).await {
+        Ok(Err(e)) if e.code == ErrorCode::RateLimited => {
+            st.metrics.requests_rejected.with_label_values(&["queue_capacity"]).inc();
+            Err(e)
+        }
         Ok(r) => r,
         Err(_) => Err(ApiError::new(
             ErrorCode::InferenceTimeout,
@@ -473,6 +479,7 @@ pub struct StateConfig {
     pub limits: Limits,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
 }
 
 pub fn new_state(
@@ -491,6 +498,7 @@ pub fn new_state(
         limits: cfg.limits,
         request_timeout: cfg.request_timeout,
         max_body_bytes: cfg.max_body_bytes,
+        body_timeout: cfg.body_timeout,
         image: OnceLock::new(),
         access,
         log,

@@ -226,6 +226,10 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
             ("KINFER_REQUEST_TIMEOUT_MS", l.request_timeout_millis),
             ("KINFER_MAX_CONCURRENCY", l.max_concurrency.map(i64::from)),
             ("KINFER_QUEUE_CAPACITY", l.queue_capacity.map(i64::from)),
+            ("KINFER_BODY_TIMEOUT_MS", l.body_timeout_millis),
+            ("KINFER_HEADER_TIMEOUT_MS", l.header_timeout_millis),
+            ("KINFER_IDLE_TIMEOUT_SECONDS", l.idle_timeout_seconds.map(i64::from)),
+            ("KINFER_MAX_CONNECTIONS", l.max_connections.map(i64::from)),
         ];
         for (name, v) in limits.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))) {
             env.push(value(name, &v.to_string()));

@@ -336,6 +336,10 @@ fn logging_cors_limits_and_image_settings_reach_the_runtime_env() {
     assert_eq!(v("KINFER_QUEUE_CAPACITY").as_deref(), Some("256"));
     assert_eq!(v("KINFER_RATE_LIMIT_RPS").as_deref(), Some("12.5"));
     assert_eq!(v("KINFER_RATE_LIMIT_BURST").as_deref(), Some("40"));
+    assert_eq!(v("KINFER_BODY_TIMEOUT_MS").as_deref(), Some("3000"));
+    assert_eq!(v("KINFER_HEADER_TIMEOUT_MS").as_deref(), Some("4000"));
+    assert_eq!(v("KINFER_IDLE_TIMEOUT_SECONDS").as_deref(), Some("120"));
+    assert_eq!(v("KINFER_MAX_CONNECTIONS").as_deref(), Some("2000"));
     assert_eq!(
         v("KINFER_IMAGE_PREPROCESS").as_deref(),
         Some("resize=256,crop=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225")
@@ -357,7 +361,17 @@ fn logging_cors_limits_and_image_settings_reach_the_runtime_env() {
     assert_eq!(env_value(&d, "KINFER_MAX_BODY_BYTES").as_deref(), Some("1024"));
     assert_eq!(env_value(&d, "KINFER_RATE_LIMIT_RPS").as_deref(), Some("0"));
     assert_eq!(env_value(&d, "KINFER_IMAGE_PREPROCESS").as_deref(), Some("auto"));
-    for absent in ["KINFER_MAX_BATCH_ROWS", "KINFER_REQUEST_TIMEOUT_MS", "KINFER_RATE_LIMIT_BURST", "KINFER_TOP_K"] {
+    for absent in [
+        "KINFER_MAX_BATCH_ROWS",
+        "KINFER_REQUEST_TIMEOUT_MS",
+        "KINFER_RATE_LIMIT_BURST",
+        "KINFER_TOP_K",
+        // unset connection settings keep the runtime's defaults
+        "KINFER_BODY_TIMEOUT_MS",
+        "KINFER_HEADER_TIMEOUT_MS",
+        "KINFER_IDLE_TIMEOUT_SECONDS",
+        "KINFER_MAX_CONNECTIONS",
+    ] {
         assert!(!env.contains_key(absent), "{absent} set without being asked for");
     }
     // topK 0: raw outputs (image models that are not classifiers)
