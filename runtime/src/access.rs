@@ -14,7 +14,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
@@ -136,60 +136,89 @@ fn protected(path: &str) -> bool {
     path.starts_with("/v2/models") || path.starts_with("/v1/models") || path == "/predict"
 }
 
-fn bearer(req: &Request) -> Option<&[u8]> {
-    let v = req.headers().get(header::AUTHORIZATION)?.as_bytes();
-    let rest = v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))?;
+/// Why a request was refused, and how long the client should wait (rate limit only).
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ApiError,
+    pub retry_after_s: Option<u64>,
+}
+
+impl Access {
+    /// Auth, then the per-key rate limit, then (for inference requests) the concurrency limit.
+    /// `token` is the bearer token presented, `api_key` the `x-api-key` (the rate-limit key when
+    /// there is no token). The returned permit must be held until the request is answered. Both
+    /// servers (HTTP and gRPC) call this, so they refuse the same requests with the same messages.
+    pub fn admit(
+        &self,
+        token: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+        inference: bool,
+    ) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        if !self.authorized(token) {
+            let msg = if token.is_none() {
+                "missing bearer token: send `Authorization: Bearer <token>`"
+            } else {
+                "invalid bearer token"
+            };
+            return Err(Refusal { error: ApiError::new(ErrorCode::Unauthorized, msg), retry_after_s: None });
+        }
+        if let Some(rate) = &self.rate {
+            let key = token.or(api_key).unwrap_or(b"anonymous");
+            if let Err(wait) = rate.take(key) {
+                return Err(Refusal {
+                    error: ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "rate limit of {} requests/s for this API key exceeded; retry in {:.2} s",
+                            rate.rps, wait
+                        ),
+                    ),
+                    retry_after_s: Some(wait.ceil().max(1.0) as u64),
+                });
+            }
+        }
+        match (&self.concurrency, inference) {
+            (Some(sem), true) => sem.clone().try_acquire_owned().map(Some).map_err(|_| Refusal {
+                error: ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "server busy: {} inference requests in flight (KINFER_MAX_CONCURRENCY); retry later",
+                        self.max_concurrency
+                    ),
+                ),
+                retry_after_s: None,
+            }),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The bearer token of an `Authorization` header value (`Bearer <token>`).
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let rest = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?;
     Some(rest.trim_ascii())
 }
 
 /// The middleware: auth, then the per-key rate limit, then the concurrency limit.
 pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let access = &st.access;
     if req.method() == Method::OPTIONS || !protected(req.uri().path()) {
         return next.run(req).await;
     }
-    let token = bearer(&req);
-    if !access.authorized(token) {
-        let msg = if token.is_none() {
-            "missing bearer token: send `Authorization: Bearer <token>`"
-        } else {
-            "invalid bearer token"
-        };
-        let mut resp = ApiError::new(ErrorCode::Unauthorized, msg).into_response();
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
-    }
-    if let Some(rate) = &access.rate {
-        let key = token.or_else(|| req.headers().get("x-api-key").map(HeaderValue::as_bytes)).unwrap_or(b"anonymous");
-        if let Err(wait) = rate.take(key) {
-            let mut resp = ApiError::new(
-                ErrorCode::RateLimited,
-                format!("rate limit of {} requests/s for this API key exceeded; retry in {:.2} s", rate.rps, wait),
-            )
-            .into_response();
-            let secs = wait.ceil().max(1.0) as u64;
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| bearer_token(v.as_bytes()));
+    let api_key = req.headers().get("x-api-key").map(HeaderValue::as_bytes);
+    let _permit = match st.access.admit(token, api_key, req.method() == Method::POST) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let unauthorized = refusal.error.code == ErrorCode::Unauthorized;
+            let mut resp = refusal.error.into_response();
+            if unauthorized {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            if let Some(secs) = refusal.retry_after_s {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             return resp;
         }
-    }
-    let _permit = if req.method() == Method::POST
-        && let Some(sem) = &access.concurrency
-    {
-        match sem.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                return ApiError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "server busy: {} inference requests in flight (KINFER_MAX_CONCURRENCY); retry later",
-                        access.max_concurrency
-                    ),
-                )
-                .into_response();
-            }
-        }
-    } else {
-        None
     };
     next.run(req).await
 }
