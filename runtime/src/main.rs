@@ -74,12 +74,21 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         access,
         log.clone(),
     );
-    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
-        .parse()
-        .or_else(|_| format!("[{}]:{}", cfg.host, cfg.port).parse())
-        .map_err(|_| Fatal(format!("invalid listen address {}:{}", cfg.host, cfg.port)))?;
-    let listener = TcpListener::bind(addr).await.map_err(|e| Fatal(format!("cannot listen on {addr}: {e}")))?;
+    let (listener, addr) = listen(&cfg.host, cfg.port).await?;
     tracing::info!(%addr, model = %state.name, uri = %cfg.model_uri, "listening (live; loading the model)");
+    // gRPC on its own port; it starts draining when the HTTP server does.
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    let grpc = match cfg.grpc_port {
+        0 => None,
+        port => {
+            let (grpc_listener, grpc_addr) = listen(&cfg.host, port).await?;
+            tracing::info!(addr = %grpc_addr, "gRPC listening");
+            let drained = async move {
+                let _ = drain_rx.wait_for(|d| *d).await;
+            };
+            Some(tokio::spawn(kinfer_runtime::grpc::serve(grpc_listener, state.clone(), drained)))
+        }
+    };
 
     // Live at once; ready once the model has loaded and a warm-up inference succeeded.
     let loader_state = state.clone();
@@ -107,9 +116,17 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
             shutdown_state.metrics.model_ready.reset();
             tracing::info!(delay_s = delay.as_secs(), "SIGTERM: not ready; draining");
             tokio::time::sleep(delay).await;
+            let _ = drain_tx.send(true);
         })
         .await
         .map_err(|e| Fatal(format!("server error: {e}")))?;
+    if let Some(grpc) = grpc {
+        match grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Fatal(format!("gRPC server error: {e}"))),
+            Err(e) => return Err(Fatal(format!("gRPC server failed: {e}"))),
+        }
+    }
     if let Some(log) = &log {
         let limit = Duration::from_secs(cfg.log_flush_timeout_seconds);
         if log.flush(limit).await {
@@ -120,6 +137,16 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Binds `host:port` (IPv6 hosts with or without brackets).
+async fn listen(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), Fatal> {
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .map_err(|_| Fatal(format!("invalid listen address {host}:{port}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| Fatal(format!("cannot listen on {addr}: {e}")))?;
+    Ok((listener, addr))
 }
 
 async fn shutdown_signal() {

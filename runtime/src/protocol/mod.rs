@@ -1,6 +1,7 @@
 //! The request/response codecs of the three protocols, and the checks every request goes
 //! through against the model's signature.
 
+pub mod grpc;
 pub mod v1;
 pub mod v2;
 
