@@ -25,9 +25,12 @@ use axum::{
     response::Response,
     serve::ListenerExt,
 };
+use futures::Stream;
 use tokio::net::TcpListener;
 use tonic::{Code, Status};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_server::HealthServer,
+};
 
 use crate::{
     error::{ApiError, ErrorCode},
@@ -51,9 +54,14 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(track_readiness(state.clone(), reporter));
-    let app = router(state, health);
+    // Watch streams never end by themselves: they end when draining starts, so the graceful
+    // shutdown does not wait for them forever.
+    let (drain_tx, drained) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+    };
+    let app = router(state, drained);
     let listener = listener.tap_io(|tcp| {
         // Small unary messages: do not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
@@ -62,12 +70,11 @@ pub async fn serve(
 }
 
 /// The gRPC services behind the per-call middleware.
-pub fn router(
-    state: Arc<AppState>,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) -> axum::Router {
+/// `drained` turns true when the server starts draining.
+pub fn router(state: Arc<AppState>, drained: tokio::sync::watch::Receiver<bool>) -> axum::Router {
     let inference = GrpcInferenceServiceServer::new(Inference { st: state.clone() })
         .max_decoding_message_size(state.max_body_bytes);
+    let health = HealthServer::new(Health { st: state.clone(), drained });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -85,19 +92,59 @@ pub fn router(
     routes.into_axum_router().layer(middleware::from_fn_with_state(state, call_context))
 }
 
-/// Keeps `grpc.health.v1.Health` in step with readiness (checked every 100 ms): SERVING once the
-/// model is loaded and warmed up, NOT_SERVING while loading and from SIGTERM on.
-async fn track_readiness(st: Arc<AppState>, reporter: HealthReporter) {
-    let mut last = None;
-    loop {
-        let ready = st.is_ready();
-        if last != Some(ready) {
-            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE, status).await;
-            last = Some(ready);
+/// `grpc.health.v1.Health` for the server (`""`) and [`SERVICE`]: SERVING exactly when the
+/// model is loaded and warmed up and no SIGTERM has come (what `/v2/health/ready` says), so
+/// Kubernetes' gRPC probe can be the readiness probe.
+#[derive(Clone)]
+struct Health {
+    st: Arc<AppState>,
+    drained: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Health {
+    fn status(&self, service: &str) -> Option<ServingStatus> {
+        match service {
+            "" | SERVICE => Some(if self.st.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing }),
+            _ => None,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type HealthStream = std::pin::Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Health {
+    async fn check(
+        &self,
+        req: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, Status> {
+        let service = &req.get_ref().service;
+        let status = self.status(service).ok_or_else(|| Status::not_found(format!("unknown service {service:?}")))?;
+        Ok(tonic::Response::new(HealthCheckResponse { status: status as i32 }))
+    }
+
+    type WatchStream = HealthStream;
+
+    /// The current status at once, then every change (readiness is checked every 100 ms), until
+    /// the server drains.
+    async fn watch(&self, req: tonic::Request<HealthCheckRequest>) -> Result<tonic::Response<HealthStream>, Status> {
+        let service = req.into_inner().service;
+        let stream = futures::stream::unfold((self.clone(), service, None), |(mut h, service, last)| async move {
+            loop {
+                let now = h.status(&service).unwrap_or(ServingStatus::ServiceUnknown);
+                if last != Some(now) {
+                    let item = Ok(HealthCheckResponse { status: now as i32 });
+                    return Some((item, (h, service, Some(now))));
+                }
+                if *h.drained.borrow() {
+                    return None;
+                }
+                if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(100), h.drained.changed()).await {
+                    return None; // the server is gone
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
     }
 }
 
