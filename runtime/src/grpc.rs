@@ -161,12 +161,6 @@ struct Call {
 
 type SharedCall = Arc<Mutex<Call>>;
 
-impl Inference {
-    fn call<T>(req: &tonic::Request<T>) -> Option<SharedCall> {
-        req.extensions().get::<SharedCall>().cloned()
-    }
-}
-
 /// The `inference.GRPCInferenceService` implementation.
 struct Inference {
     st: Arc<AppState>,
@@ -248,6 +242,11 @@ impl GrpcInferenceService for Inference {
 }
 
 impl Inference {
+    /// The call's shared context, put there by [`call_context`].
+    fn call<T>(req: &tonic::Request<T>) -> Option<SharedCall> {
+        req.extensions().get::<SharedCall>().cloned()
+    }
+
     /// decode → infer → encode.
     async fn infer(
         &self,
