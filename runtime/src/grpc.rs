@@ -49,6 +49,11 @@ pub const SERVICE: &str = "inference.GRPCInferenceService";
 const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// Serves gRPC on `listener` until `shutdown` completes, then lets calls in flight finish.
+///
+/// The tonic services run as an axum router on the same hyper stack as REST (HTTP/2 with prior
+/// knowledge), not on tonic's own transport server: that one enforces `grpc-timeout` itself and
+/// answers CANCELLED, where the deadline here is the request's (DEADLINE_EXCEEDED, counted and
+/// logged like REST's 504), and it keeps one accept loop to replace for both ports.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
