@@ -805,8 +805,11 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    for p, what in ((BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
-                    (BUILT_GRPC_LOAD, "the grpc_load example"), (VENV_PY, "the bench venv")):
+    needed = [(BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
+              (BUILT_GRPC_LOAD, "the grpc_load example")]
+    if {"main", "workers"} & set(SECTIONS):
+        needed.append((VENV_PY, "the bench venv"))  # the FastAPI baseline
+    for p, what in needed:
         if not p.exists():
             print(f"bench: {what} is missing at {p}; run `make bench`", file=sys.stderr)
             return 2
