@@ -13,10 +13,13 @@ case by case within each repeat, so that ratios are taken side by side:
   sessions  the tabular model, sessions x intra-op threads
   logging   the tabular model, access log on (default, KINFER_LOG=info) / off (KINFER_LOG=warn)
   workers   the baseline with 1 uvicorn worker and with one per CPU (the main table's setting)
+  grpc      one kinfer server per model, REST (wrk: v2 JSON, v2 binary tensors) beside gRPC
+            (the `grpc_load` example: raw_input_contents as tritonclient.grpc sends, typed
+            fp32_contents), rows (1, 64) x connections (1, 32), interleaved case by case
 
 Environment: BENCH_QUICK=1 (tabular only, 1 repeat, 1 s runs), BENCH_REPEAT (3), BENCH_DURATION
 (s, 3), BENCH_WARMUP (s, 1), BENCH_MODELS (iris,tabular,mlp), BENCH_SECTIONS
-(ready,main,batching,sessions,logging,workers), BENCH_WORKERS (uvicorn workers: the CPU count),
+(ready,main,batching,sessions,logging,workers,grpc), BENCH_WORKERS (uvicorn workers: the CPU count),
 BENCH_WRK_THREADS (1), BENCH_OUT (benchmarks/results). Writes BENCH_OUT/results.json and
 BENCH_OUT/report.md and prints the report.
 """
@@ -42,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BUILT_RUNTIME = TARGET / "release" / "kinfer-runtime"
 BUILT_FLOOR = TARGET / "release" / "examples" / "floor"
+BUILT_GRPC_LOAD = TARGET / "release" / "examples" / "grpc_load"
 VENV_PY = ROOT / ".tools" / "bench-venv" / "bin" / "python"
 LUA = ROOT / "benchmarks" / "post.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -57,7 +61,7 @@ REPEAT = env_int("BENCH_REPEAT", 1 if QUICK else 3)
 DURATION = env_int("BENCH_DURATION", 1 if QUICK else 3)
 WARMUP = env_int("BENCH_WARMUP", 1)
 MODELS = [m for m in os.environ.get("BENCH_MODELS", "tabular" if QUICK else "iris,tabular,mlp").split(",") if m]
-SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers").split(",") if s]
+SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers,grpc").split(",") if s]
 NPROC = os.cpu_count() or 1
 WORKERS = env_int("BENCH_WORKERS", NPROC)
 WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
@@ -66,6 +70,7 @@ BODIES = OUT / "bodies"
 # Copies of the binaries, taken at the start, so a rebuild during the run changes nothing.
 RUNTIME = OUT / "bin" / "kinfer-runtime"
 FLOOR = OUT / "bin" / "floor"
+GRPC_LOAD = OUT / "bin" / "grpc_load"
 LOGS = OUT / "logs"
 
 
@@ -248,12 +253,14 @@ class Server:
     env: dict = field(default_factory=dict)
     workers: int = WORKERS  # uvicorn workers (baseline only)
     port: int = 0
+    grpc_port: int = 0
     proc: subprocess.Popen | None = None
     started: float = 0.0
     ready_s: float = 0.0
 
     def start(self) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         LOGS.mkdir(parents=True, exist_ok=True)
         safe = self.label.replace(" ", "_").replace("/", "_")
         err = open(LOGS / f"{self.model}-{safe}.stderr", "wb")
@@ -262,7 +269,8 @@ class Server:
         model_path = ROOT / "examples" / "models" / self.model / "model.onnx"
         if self.kind == "kinfer":
             cmd = [str(RUNTIME), "--model-uri", str(model_path), "--model-name", self.model,
-                   "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+                   "--host", "127.0.0.1", "--port", str(self.port), "--grpc-port", str(self.grpc_port),
+                   *self.args]
         else:
             env.update({"BASELINE_MODEL": str(model_path), "BASELINE_NAME": self.model, "BASELINE_THREADS": "1"})
             cmd = [str(VENV_PY), "-m", "uvicorn", "benchmarks.fastapi_server:app", "--host", "127.0.0.1",
@@ -420,7 +428,7 @@ def med(xs: list[float]) -> float:
 # Sections
 
 RESULTS: dict = {"machine": {}, "settings": {}, "load": [], "ready": {}, "main": [], "floor": [], "rss": {},
-                 "variants": {}, "problems": []}
+                 "variants": {}, "grpc": [], "problems": []}
 
 
 def section_ready() -> None:
@@ -521,6 +529,61 @@ def section_logging() -> None:
         ("KINFER_LOG=info", [], {"KINFER_LOG": "info"}),
         ("KINFER_LOG=warn", [], {"KINFER_LOG": "warn"}),
     ], [("v2", 1, 1), ("v2", 1, 32)])
+
+
+def grpc_load(server: Server, rows: int, typed: bool, conns: int, seconds: int) -> dict:
+    data, cols = example_rows(server.model)
+    cmd = [str(GRPC_LOAD), "--addr", f"127.0.0.1:{server.grpc_port}", "--model", server.model,
+           "--rows", str(rows), "--cols", str(cols), "--data", json.dumps(data[:rows * cols]),
+           "--conns", str(conns), "--seconds", str(seconds), "--warmup", "0"]
+    if typed:
+        cmd.append("--typed")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            d = json.loads(line[len("BENCH_JSON "):])
+            d["rps"] = d["requests"] / (d["duration_us"] / 1e6)
+            return d
+    raise RuntimeError(f"grpc_load gave no result (rc {r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+
+
+def measure_grpc(server: Server, rows: int, typed: bool, conns: int) -> dict:
+    if WARMUP > 0:
+        grpc_load(server, rows, typed, conns, WARMUP)
+    cpu0 = server.cpu_s()
+    d = grpc_load(server, rows, typed, conns, DURATION)
+    cpu = server.cpu_s() - cpu0
+    d["rows_s"] = d["rps"] * rows
+    d["cpu_us_per_req"] = cpu * 1e6 / d["requests"] if d["requests"] else float("nan")
+    return d
+
+
+GRPC_CASES = [(rows, conns) for rows in (1, 64) for conns in (1, 32)]
+GRPC_VARIANTS = ["REST v2 JSON", "REST v2 binary", "gRPC raw", "gRPC typed"]
+
+
+def section_grpc() -> None:
+    """REST and gRPC on the same kinfer process, case by case."""
+    for model in MODELS:
+        RESULTS["load"].append(load_snapshot(f"grpc {model}"))
+        server = Server("kinfer", "kinfer", model)
+        try:
+            start_all([server])
+            bodies = {(p, r): body_file(model, p, r) for p in ("v2", "v2bin") for r, _ in GRPC_CASES}
+            for rep in range(REPEAT):
+                for rows, conns in GRPC_CASES:
+                    for variant in GRPC_VARIANTS:
+                        if variant.startswith("REST"):
+                            proto = "v2" if variant.endswith("JSON") else "v2bin"
+                            d = measure(server, proto, rows, conns, bodies[(proto, rows)])
+                        else:
+                            d = measure_grpc(server, rows, variant.endswith("typed"), conns)
+                        RESULTS["grpc"].append({"model": model, "variant": variant, "rows": rows, "conns": conns,
+                                                "rep": rep, **d})
+                        log(f"grpc {model} {variant:15} rows={rows:<2} c={conns:<2} rep={rep}: {d['rps']:9.0f} req/s "
+                            f"p50={d['p50_us']}µs p99={d['p99_us']}µs err={d['errors']}")
+        finally:
+            stop_all([server])
 
 
 def section_workers() -> None:
@@ -672,6 +735,36 @@ def report() -> str:
         lines.append("")
         lines.append("Peak RSS: " + ", ".join(f"{k} {x:.1f} MB" for k, x in v["peak_rss_mb"].items()) + ".")
         lines.append("")
+    if RESULTS["grpc"]:
+        lines.append("### REST vs gRPC (the same kinfer process)")
+        lines.append("")
+        lines.append("REST through wrk (JSON body, or the binary tensor extension), gRPC through the `grpc_load` "
+                     "example (one HTTP/2 connection per caller, one call in flight each, as wrk's connections): "
+                     "`raw_input_contents` (what tritonclient.grpc sends) or typed `fp32_contents`. Each cell: "
+                     "req/s (p50 / p99; the server's CPU per request), medians over repeats.")
+        lines.append("")
+        lines.append("| model | rows | conns | " + " | ".join(GRPC_VARIANTS) + " | gRPC raw / REST JSON |")
+        lines.append("|---|---:|---:|" + "---:|" * (len(GRPC_VARIANTS) + 1))
+        for model in MODELS:
+            for n, conns in GRPC_CASES:
+                cells, meds = [], {}
+                for variant in GRPC_VARIANTS:
+                    rs = [r for r in RESULTS["grpc"] if (r["model"], r["variant"], r["rows"], r["conns"]) ==
+                          (model, variant, n, conns)]
+                    if not rs:
+                        cells.append("–")
+                        continue
+                    meds[variant] = med([r["rps"] for r in rs])
+                    errs = sum(r["errors"] for r in rs)
+                    cells.append(f"{fmt(meds[variant])} ({us(med([r['p50_us'] for r in rs]))} / "
+                                 f"{us(med([r['p99_us'] for r in rs]))}; {us(med([r['cpu_us_per_req'] for r in rs]))}"
+                                 f"{', ' + str(errs) + ' err' if errs else ''})")
+                if not meds:
+                    continue
+                base, grpc = meds.get("REST v2 JSON"), meds.get("gRPC raw")
+                ratio = ratio_str(grpc / base) if base and grpc else "–"
+                lines.append(f"| {model} | {n} | {conns} | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append("")
     lines.extend(targets(rows))
     return "\n".join(lines)
 
@@ -712,8 +805,11 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    for p, what in ((BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
-                    (VENV_PY, "the bench venv")):
+    needed = [(BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
+              (BUILT_GRPC_LOAD, "the grpc_load example")]
+    if {"main", "workers"} & set(SECTIONS):
+        needed.append((VENV_PY, "the bench venv"))  # the FastAPI baseline
+    for p, what in needed:
         if not p.exists():
             print(f"bench: {what} is missing at {p}; run `make bench`", file=sys.stderr)
             return 2
@@ -724,6 +820,7 @@ def main() -> int:
     (OUT / "bin").mkdir(exist_ok=True)
     shutil.copy2(BUILT_RUNTIME, RUNTIME)
     shutil.copy2(BUILT_FLOOR, FLOOR)
+    shutil.copy2(BUILT_GRPC_LOAD, GRPC_LOAD)
     RESULTS["machine"] = machine()
     RESULTS["revision"] = revision()
     RESULTS["settings"] = {"quick": QUICK, "repeat": REPEAT, "duration_s": DURATION, "warmup_s": WARMUP,
@@ -732,7 +829,8 @@ def main() -> int:
     t0 = time.time()
     log(f"settings {RESULTS['settings']}")
     sections = {"ready": section_ready, "main": section_main, "batching": section_batching,
-                "sessions": section_sessions, "logging": section_logging, "workers": section_workers}
+                "sessions": section_sessions, "logging": section_logging, "workers": section_workers,
+                "grpc": section_grpc}
     try:
         for name in SECTIONS:
             sections[name]()

@@ -26,4 +26,4 @@ bench-wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 bench-build:
-	$(CARGO) build --release -p kinfer-runtime --bin kinfer-runtime --example floor
+	$(CARGO) build --release -p kinfer-runtime --bin kinfer-runtime --example floor --example grpc_load

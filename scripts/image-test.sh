@@ -89,7 +89,7 @@ cleanup() {
 trap cleanup EXIT
 if want runtime; then
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S3_PORT=$(free_port); RT_PORT=$(free_port)
+S3_PORT=$(free_port); RT_PORT=$(free_port); GRPC_PORT=$(free_port)
 AK=kinfer-image-test; SK=kinfer-image-test-secret
 mkdir -p "$work/s3/models"
 log "starting the test S3 server (s3s-fs) on 127.0.0.1:$S3_PORT"
@@ -107,7 +107,7 @@ log "running $RUNTIME_IMAGE --read-only --user 65532 --network host (port $RT_PO
 podman run -d --name "$rt_name" --runtime runc --network host --read-only --user 65532 "${LIMITS[@]}" \
   -e AWS_ACCESS_KEY_ID="$AK" -e AWS_SECRET_ACCESS_KEY="$SK" -e AWS_REGION=us-east-1 \
   -e AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT" -e KINFER_S3_PATH_STYLE=true \
-  -e KINFER_HTTP_HOST=127.0.0.1 -e KINFER_HTTP_PORT="$RT_PORT" \
+  -e KINFER_HTTP_HOST=127.0.0.1 -e KINFER_HTTP_PORT="$RT_PORT" -e KINFER_GRPC_PORT="$GRPC_PORT" \
   "$RUNTIME_IMAGE" --model-uri s3://models/iris/model.onnx --model-name iris >/dev/null
 ready=0
 for _ in $(seq 120); do

@@ -16,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
@@ -139,9 +139,96 @@ fn protected(path: &str) -> bool {
     path.starts_with("/v2/models") || path.starts_with("/v1/models") || path == "/predict"
 }
 
-fn bearer(req: &Request) -> Option<&[u8]> {
-    let v = req.headers().get(header::AUTHORIZATION)?.as_bytes();
-    let rest = v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))?;
+/// Why a request was refused, the limit that refused it (the `limit` label of
+/// `kinfer_requests_rejected_total`), and how long the client should wait (rate limit only).
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ApiError,
+    pub limit: Option<&'static str>,
+    pub retry_after_s: Option<u64>,
+}
+
+impl Refusal {
+    /// Counts the refusal in `kinfer_requests_rejected_total` when a limit refused it.
+    pub fn count(&self, metrics: &crate::metrics::Metrics) {
+        if let Some(limit) = self.limit {
+            metrics.requests_rejected.with_label_values(&[limit]).inc();
+        }
+    }
+}
+
+impl Access {
+    /// Auth, then the per-key rate limit. `token` is the bearer token presented, `api_key` the
+    /// `x-api-key` (the rate-limit key when there is no token). Both servers (HTTP and gRPC) call
+    /// this, so they refuse the same requests with the same messages.
+    pub fn check(&self, token: Option<&[u8]>, api_key: Option<&[u8]>) -> Result<(), Refusal> {
+        if !self.authorized(token) {
+            let msg = if token.is_none() {
+                "missing bearer token: send `Authorization: Bearer <token>`"
+            } else {
+                "invalid bearer token"
+            };
+            return Err(Refusal {
+                error: ApiError::new(ErrorCode::Unauthorized, msg),
+                limit: None,
+                retry_after_s: None,
+            });
+        }
+        if let Some(rate) = &self.rate {
+            let key = token.or(api_key).unwrap_or(b"anonymous");
+            if let Err(wait) = rate.take(key) {
+                return Err(Refusal {
+                    error: ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "rate limit of {} requests/s for this API key exceeded; retry in {:.2} s",
+                            rate.rps, wait
+                        ),
+                    ),
+                    limit: Some("rate_limit"),
+                    retry_after_s: Some(wait.ceil().max(1.0) as u64),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An inference slot (the concurrency limit), taken only once the request's body is complete
+    /// so a slow upload never holds one. The permit must be held until the request is answered.
+    pub fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        match &self.concurrency {
+            Some(sem) => sem.clone().try_acquire_owned().map(Some).map_err(|_| Refusal {
+                error: ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "server busy: {} inference requests in flight (KINFER_MAX_CONCURRENCY); retry later",
+                        self.max_concurrency
+                    ),
+                ),
+                limit: Some("max_concurrency"),
+                retry_after_s: None,
+            }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A refusal as the HTTP response: the JSON error, with `WWW-Authenticate` or `Retry-After`.
+fn refusal_response(refusal: Refusal) -> Response {
+    let unauthorized = refusal.error.code == ErrorCode::Unauthorized;
+    let mut resp = refusal.error.into_response();
+    if unauthorized {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(secs) = refusal.retry_after_s {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The bearer token of an `Authorization` header value (`Bearer <token>`).
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let rest = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?;
     Some(rest.trim_ascii())
 }
 
@@ -164,30 +251,11 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     if req.method() == Method::OPTIONS || !protected(req.uri().path()) {
         return next.run(req).await;
     }
-    let token = bearer(&req);
-    if !access.authorized(token) {
-        let msg = if token.is_none() {
-            "missing bearer token: send `Authorization: Bearer <token>`"
-        } else {
-            "invalid bearer token"
-        };
-        let mut resp = ApiError::new(ErrorCode::Unauthorized, msg).into_response();
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
-    }
-    if let Some(rate) = &access.rate {
-        let key = token.or_else(|| req.headers().get("x-api-key").map(HeaderValue::as_bytes)).unwrap_or(b"anonymous");
-        if let Err(wait) = rate.take(key) {
-            st.metrics.requests_rejected.with_label_values(&["rate_limit"]).inc();
-            let mut resp = ApiError::new(
-                ErrorCode::RateLimited,
-                format!("rate limit of {} requests/s for this API key exceeded; retry in {:.2} s", rate.rps, wait),
-            )
-            .into_response();
-            let secs = wait.ceil().max(1.0) as u64;
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return resp;
-        }
+    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| bearer_token(v.as_bytes()));
+    let api_key = req.headers().get("x-api-key").map(HeaderValue::as_bytes);
+    if let Err(refusal) = access.check(token, api_key) {
+        refusal.count(&st.metrics);
+        return refusal_response(refusal);
     }
     if req.method() != Method::POST {
         return next.run(req).await;
@@ -211,29 +279,18 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
             return resp;
         }
     };
-    let _permit = if let Some(sem) = &access.concurrency {
-        match sem.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                st.metrics.requests_rejected.with_label_values(&["max_concurrency"]).inc();
-                return ApiError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "server busy: {} inference requests in flight (KINFER_MAX_CONCURRENCY); retry later",
-                        access.max_concurrency
-                    ),
-                )
-                .into_response();
-            }
+    let _permit = match access.slot() {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            refusal.count(&st.metrics);
+            return refusal_response(refusal);
         }
-    } else {
-        None
     };
     next.run(req).await
 }
 
 /// Reads the whole body (at most `max` bytes) within `deadline` and hands the request on with it.
-async fn read_body(req: Request, max: usize, deadline: std::time::Duration) -> Result<Request, ApiError> {
+pub(crate) async fn read_body(req: Request, max: usize, deadline: std::time::Duration) -> Result<Request, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,

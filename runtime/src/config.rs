@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "KINFER_HTTP_PORT", default_value_t = 8080)]
     pub port: u16,
 
+    /// gRPC port: the Open Inference Protocol's `inference.GRPCInferenceService` (KServe / Triton
+    /// clients), `grpc.health.v1.Health` and server reflection; 0 turns gRPC off.
+    #[arg(long, env = "KINFER_GRPC_PORT", default_value_t = 8081)]
+    pub grpc_port: u16,
+
     /// ONNX Runtime intra-op threads per session (default: see --sessions; sessions × threads =
     /// the CPUs this process may use).
     #[arg(long, env = "KINFER_THREADS")]
@@ -266,6 +271,7 @@ mod tests {
     fn contract_defaults() {
         let c = cfg("/m.onnx", None);
         assert_eq!(c.port, 8080);
+        assert_eq!(c.grpc_port, 8081);
         assert_eq!(c.model_version, "1");
         assert_eq!(c.max_batch_size, 1);
         assert!(c.log_uri.is_none());

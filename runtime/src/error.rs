@@ -2,7 +2,8 @@
 //!
 //! Handlers return [`ApiError`]; its response carries the error in an extension, and the
 //! request-id middleware renders the body, so every error (routing and body-limit rejections
-//! included) gets the same shape and the request's id.
+//! included) gets the same shape and the request's id. On the gRPC port the same errors become
+//! a `tonic::Status` through [`ErrorCode::grpc_code`], with the same message.
 
 use axum::{
     http::StatusCode,
@@ -46,6 +47,19 @@ impl ErrorCode {
             ErrorCode::ModelNotReady => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InferenceTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code of the same error (the gRPC server's one mapping).
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::InvalidRequest => tonic::Code::InvalidArgument,
+            ErrorCode::Unauthorized => tonic::Code::Unauthenticated,
+            ErrorCode::ModelNotFound => tonic::Code::NotFound,
+            ErrorCode::PayloadTooLarge | ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
+            ErrorCode::ModelNotReady => tonic::Code::Unavailable,
+            ErrorCode::InferenceTimeout | ErrorCode::RequestTimeout => tonic::Code::DeadlineExceeded,
+            ErrorCode::Internal => tonic::Code::Internal,
         }
     }
 
@@ -112,10 +126,40 @@ impl ApiError {
     }
 }
 
+impl From<&ApiError> for tonic::Status {
+    /// The gRPC status: the code's gRPC equivalent and the same message as the JSON `error`.
+    fn from(e: &ApiError) -> tonic::Status {
+        tonic::Status::new(e.code.grpc_code(), e.message.clone())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = self.code.status().into_response();
         resp.extensions_mut().insert(self);
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_grpc_status() {
+        let pairs = [
+            (ErrorCode::InvalidRequest, tonic::Code::InvalidArgument),
+            (ErrorCode::Unauthorized, tonic::Code::Unauthenticated),
+            (ErrorCode::ModelNotFound, tonic::Code::NotFound),
+            (ErrorCode::PayloadTooLarge, tonic::Code::ResourceExhausted),
+            (ErrorCode::RateLimited, tonic::Code::ResourceExhausted),
+            (ErrorCode::ModelNotReady, tonic::Code::Unavailable),
+            (ErrorCode::InferenceTimeout, tonic::Code::DeadlineExceeded),
+            (ErrorCode::Internal, tonic::Code::Internal),
+        ];
+        for (code, grpc) in pairs {
+            let s = tonic::Status::from(&ApiError::new(code, "input 'x' is wrong"));
+            assert_eq!((s.code(), s.message()), (grpc, "input 'x' is wrong"));
+        }
     }
 }

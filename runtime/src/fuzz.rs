@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::{
     image::{Pipeline, Preprocess, decode_image_unguarded, read_multipart},
     model::{ModelInfo, TensorSpec},
-    protocol::{Limits, v1, v2},
+    protocol::{Limits, grpc, v1, v2},
     tensor::{DataType, Tensor, element_count},
 };
 
@@ -68,7 +68,7 @@ fn check(tensors: &[Tensor]) {
 /// Feeds `data` to the decoder its first byte selects.
 pub fn decode_any(models: &Models, data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else { return };
-    match which % 8 {
+    match which % 9 {
         0 => {
             for m in [&models.tabular, &models.mixed] {
                 if let Ok(r) = v2::decode(rest, None, m, LIMITS) {
@@ -119,6 +119,19 @@ pub fn decode_any(models: &Models, data: &[u8]) {
                 if let Ok(t) = models.pipeline.tensor(&refs) {
                     check(&[t]);
                 }
+            }
+        }
+        8 => {
+            // gRPC: a protobuf ModelInferRequest (typed contents or raw_input_contents).
+            use prost::Message;
+            let Ok(req) = grpc::pb::ModelInferRequest::decode(rest) else { return };
+            for m in [&models.tabular, &models.mixed] {
+                if let Ok(r) = grpc::decode(req.clone(), m, LIMITS, None) {
+                    check(&r.inputs);
+                }
+            }
+            if let Ok(r) = grpc::decode(req, &models.image, LIMITS, Some(&models.pipeline)) {
+                check(&r.inputs);
             }
         }
         _ => {

@@ -490,6 +490,11 @@ pub fn base64_image(s: &str) -> Result<Vec<u8>, String> {
     engine.decode(cleaned).map_err(|e| format!("not valid base64 ({e}); {ACCEPTED}, base64-encoded"))
 }
 
+/// True when `bytes` start like a JPEG or PNG file (gRPC clients send images as raw bytes).
+pub fn is_jpeg_or_png(bytes: &[u8]) -> bool {
+    format_of(bytes).is_some()
+}
+
 /// The image format, from the magic bytes: only JPEG and PNG are served.
 fn format_of(bytes: &[u8]) -> Option<image::ImageFormat> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {

@@ -1,5 +1,6 @@
 //! kinfer-runtime: serves one ONNX model over the Open Inference Protocol v2, KServe V1 and
-//! `/predict`, with health, readiness and Prometheus metrics on one port.
+//! `/predict`, with health, readiness and Prometheus metrics on one port, and the protocol's gRPC
+//! service (with gRPC health and reflection) on a second one.
 
 pub mod access;
 pub mod classes;
@@ -8,6 +9,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod grpc;
 pub mod image;
 pub mod listener;
 pub mod metrics;

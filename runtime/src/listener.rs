@@ -169,6 +169,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         metrics.connections_accepted.inc();
+        // Small request/response messages (gRPC unary calls, JSON answers): no Nagle delay.
+        let _ = tcp.set_nodelay(true);
         let (lane, permit) = if let Ok(p) = normal.clone().try_acquire_owned() {
             (Lane::Normal, p)
         } else if let Ok(p) = reserve.clone().try_acquire_owned() {

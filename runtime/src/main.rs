@@ -75,13 +75,24 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         access,
         log.clone(),
     );
-    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
-        .parse()
-        .or_else(|_| format!("[{}]:{}", cfg.host, cfg.port).parse())
-        .map_err(|_| Fatal(format!("invalid listen address {}:{}", cfg.host, cfg.port)))?;
-    let limits = connection_limits(&cfg);
-    let listener = TcpListener::bind(addr).await.map_err(|e| Fatal(format!("cannot listen on {addr}: {e}")))?;
+    let (listener, addr) = listen(&cfg.host, cfg.port).await?;
+    // Both ports share the descriptor budget.
+    let ports = if cfg.grpc_port == 0 { 1 } else { 2 };
+    let limits = connection_limits(&cfg, ports);
     tracing::info!(%addr, model = %state.name, uri = %cfg.model_uri, "listening (live; loading the model)");
+    // gRPC on its own port; it starts draining when the HTTP server does.
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    let grpc = match cfg.grpc_port {
+        0 => None,
+        port => {
+            let (grpc_listener, grpc_addr) = listen(&cfg.host, port).await?;
+            tracing::info!(addr = %grpc_addr, "gRPC listening");
+            let drained = async move {
+                let _ = drain_rx.wait_for(|d| *d).await;
+            };
+            Some(tokio::spawn(kinfer_runtime::grpc::serve(grpc_listener, state.clone(), limits.clone(), drained)))
+        }
+    };
 
     // Live at once; ready once the model has loaded and a warm-up inference succeeded.
     let loader_state = state.clone();
@@ -109,8 +120,14 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         shutdown_state.metrics.model_ready.reset();
         tracing::info!(delay_s = delay.as_secs(), "SIGTERM: not ready; draining");
         tokio::time::sleep(delay).await;
+        let _ = drain_tx.send(true);
     })
     .await;
+    if let Some(grpc) = grpc
+        && let Err(e) = grpc.await
+    {
+        return Err(Fatal(format!("gRPC server failed: {e}")));
+    }
     if let Some(log) = &log {
         let limit = Duration::from_secs(cfg.log_flush_timeout_seconds);
         if log.flush(limit).await {
@@ -123,13 +140,14 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
     Ok(())
 }
 
-/// The connection limits, with `KINFER_MAX_CONNECTIONS` lowered to fit the descriptor limit.
-fn connection_limits(cfg: &Config) -> listener::ConnLimits {
+/// The connection limits of each port, with `KINFER_MAX_CONNECTIONS` lowered so that `ports`
+/// listeners together fit the descriptor limit.
+fn connection_limits(cfg: &Config, ports: u64) -> listener::ConnLimits {
     let wanted = usize::try_from(cfg.max_connections).unwrap_or(usize::MAX);
     let reserve = listener::RESERVE_CONNECTIONS;
     let max_connections = match listener::raise_fd_limit() {
         Ok(fds) => {
-            let fit = listener::fit_connections(wanted, reserve, fds.soft);
+            let fit = listener::fit_connections(wanted, reserve, fds.soft / ports);
             if fit < wanted {
                 tracing::warn!(
                     max_connections = fit,
@@ -161,6 +179,16 @@ fn connection_limits(cfg: &Config) -> listener::ConnLimits {
         header_timeout: Duration::from_millis(cfg.header_timeout_ms),
         idle_timeout: Duration::from_secs(cfg.idle_timeout_seconds),
     }
+}
+
+/// Binds `host:port` (IPv6 hosts with or without brackets).
+async fn listen(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), Fatal> {
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .map_err(|_| Fatal(format!("invalid listen address {host}:{port}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| Fatal(format!("cannot listen on {addr}: {e}")))?;
+    Ok((listener, addr))
 }
 
 async fn shutdown_signal() {

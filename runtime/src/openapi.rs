@@ -138,6 +138,37 @@ pub struct ServerMetadata {
     extensions: Vec<String>,
 }
 
+/// A served model and its endpoints, in `GET /`.
+#[derive(Serialize, ToSchema)]
+pub struct ModelLinks {
+    name: String,
+    version: String,
+    #[schema(example = "/v2/models/iris")]
+    metadata: String,
+    #[schema(example = "/v2/models/iris/ready")]
+    ready: String,
+    #[schema(example = "/v2/models/iris/infer")]
+    infer: String,
+    #[schema(example = "/v1/models/iris:predict")]
+    predict: String,
+}
+
+/// `GET /`: what this server is and where to go next.
+#[derive(Serialize, ToSchema)]
+pub struct ServerIndex {
+    #[schema(example = "kinfer-runtime")]
+    name: String,
+    version: String,
+    ready: bool,
+    #[schema(example = "/docs")]
+    docs: String,
+    #[schema(example = "/openapi.json")]
+    openapi: String,
+    #[schema(example = "/metrics")]
+    metrics: String,
+    models: Vec<ModelLinks>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -145,6 +176,9 @@ pub struct ServerMetadata {
         description = "Serves one ONNX model over the Open Inference Protocol v2 (KServe / Triton / MLServer), KServe V1 and a plain /predict. Errors are JSON {error, code, request_id}; every response carries x-request-id. When bearer auth is on, /v2/models/**, /v1/models/** and /predict need `Authorization: Bearer <token>`."
     ),
     paths(
+        crate::server::root,
+        crate::server::health_alias,
+        crate::server::ready_alias,
         crate::server::server_metadata,
         crate::server::live,
         crate::server::ready,
@@ -159,7 +193,8 @@ pub struct ServerMetadata {
     ),
     components(schemas(
         InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput, ModelMetadata,
-        TensorMetadata, InstancesRequest, V1Response, PredictResponse, ErrorResponse, ServerMetadata
+        TensorMetadata, InstancesRequest, V1Response, PredictResponse, ErrorResponse, ServerMetadata,
+        ServerIndex, ModelLinks
     )),
     tags(
         (name = "v2", description = "Open Inference Protocol v2"),

@@ -54,21 +54,21 @@ pub struct AppState {
 }
 
 /// What the request middleware and `infer` share about the request being served.
-struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// Inputs and outputs of a sampled request, for the request log.
-    logged: LoggedIo,
+    pub(crate) logged: LoggedIo,
 }
 
 /// Inputs and outputs of a sampled request, handed from `infer` to the request middleware.
-type LoggedIo = Arc<std::sync::Mutex<Option<(Vec<Tensor>, Vec<Tensor>)>>>;
+pub(crate) type LoggedIo = Arc<std::sync::Mutex<Option<(Vec<Tensor>, Vec<Tensor>)>>>;
 
 tokio::task_local! {
-    static REQUEST: RequestCtx;
+    pub(crate) static REQUEST: RequestCtx;
 }
 
 impl AppState {
     /// The served model, if `name` (and `version`, when given) match and it is loaded.
-    fn engine(&self, name: &str, version: Option<&str>) -> Result<&Engine, ApiError> {
+    pub(crate) fn engine(&self, name: &str, version: Option<&str>) -> Result<&Engine, ApiError> {
         if name != self.name {
             return Err(ApiError::not_found(format!("model '{name}' not found; this server serves '{}'", self.name)));
         }
@@ -83,7 +83,7 @@ impl AppState {
         self.engine.get().ok_or_else(|| ApiError::not_ready(format!("model '{name}' is still loading")))
     }
 
-    fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
     }
 }
@@ -95,6 +95,9 @@ pub struct RequestId(pub Arc<str>);
 pub fn router(state: Arc<AppState>, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
+        .route("/", get(root))
+        .route("/health", get(health_alias))
+        .route("/ready", get(ready_alias))
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -135,6 +138,39 @@ pub(crate) async fn server_metadata() -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": ["binary_tensor_data"],
     }))
+}
+
+#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, description = "Server name and version, the served model, and links to the docs and the model's endpoints", body = crate::openapi::ServerIndex)))]
+pub(crate) async fn root(State(st): State<Arc<AppState>>) -> Response {
+    let m = &st.name;
+    json_value(serde_json::json!({
+        "name": "kinfer-runtime",
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": st.is_ready(),
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "metrics": "/metrics",
+        "models": [{
+            "name": m,
+            "version": st.version,
+            "metadata": format!("/v2/models/{m}"),
+            "ready": format!("/v2/models/{m}/ready"),
+            "infer": format!("/v2/models/{m}/infer"),
+            "predict": format!("/v1/models/{m}:predict"),
+        }],
+    }))
+}
+
+/// `GET /health`: the liveness probe some KServe / MLServer-era clients call.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "The process serves (alias of /v2/health/live)")))]
+pub(crate) async fn health_alias() -> Response {
+    live().await
+}
+
+/// `GET /ready`: readiness under the short name.
+#[utoipa::path(get, path = "/ready", tag = "health", responses((status = 200, description = "Model loaded and warmed up (alias of /v2/health/ready)"), (status = 503, description = "Loading or shutting down", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn ready_alias(st: State<Arc<AppState>>) -> Result<Response, ApiError> {
+    ready(st).await
 }
 
 #[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, description = "The process serves")))]
@@ -190,7 +226,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, 
 }
 
 /// Runs inference under the request's deadline (client `timeout_ms`, capped by the server's).
-async fn infer(
+pub(crate) async fn infer(
     st: &AppState,
     engine: &Engine,
     inputs: Vec<Tensor>,

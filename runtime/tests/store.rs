@@ -143,27 +143,6 @@ fn missing_onnx_runtime_library_is_one_line_saying_what_to_run() {
     assert!(err.contains("make setup-ort"), "{err}");
 }
 
-/// A one-request HTTP server that serves `body` after `delay` (a slow model download).
-async fn slow_http(body: Vec<u8>, delay: Duration, status: &'static str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                tokio::time::sleep(delay).await;
-                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(&body).await;
-            });
-        }
-    });
-    format!("http://{addr}/models/iris.onnx")
-}
-
 #[tokio::test]
 async fn http_model_is_live_at_once_and_ready_only_after_loading() {
     let url = slow_http(iris_bytes(), Duration::from_millis(1500), "200 OK").await;

@@ -24,6 +24,9 @@ use crate::validate::{Scaling, ValidatedService};
 
 /// Port the runtime listens on (`KINFER_HTTP_PORT`), named `http`.
 pub const HTTP_PORT: i32 = 8080;
+/// Port of the runtime's gRPC server (`KINFER_GRPC_PORT`: `inference.GRPCInferenceService`,
+/// gRPC health and reflection), named `grpc`.
+pub const GRPC_PORT: i32 = 8081;
 /// Name of the runtime container.
 pub const CONTAINER_NAME: &str = "runtime";
 /// Where the runtime caches downloaded models (an emptyDir; the root filesystem is read-only).
@@ -139,12 +142,20 @@ fn container(isvc: &ValidatedService) -> Container {
         name: CONTAINER_NAME.into(),
         image: Some(isvc.image.clone()),
         env: Some(env(isvc, runtime.env.unwrap_or_default())),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: GRPC_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         // Traffic only once the model is loaded and warmed up: never a TCP probe.
         readiness_probe: Some(http_probe("/v2/health/ready", 5, 3, 2)),
         // `/v2/health/live` answers as soon as the process runs, so a long download is never
@@ -191,6 +202,7 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
         env.push(value("KINFER_MODEL_SHA256", sha));
     }
     env.push(value("KINFER_HTTP_PORT", &HTTP_PORT.to_string()));
+    env.push(value("KINFER_GRPC_PORT", &GRPC_PORT.to_string()));
     if let Some(t) = isvc.threads {
         env.push(value("KINFER_THREADS", &t.to_string()));
     }

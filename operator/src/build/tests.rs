@@ -81,8 +81,8 @@ fn probes_are_http_on_the_health_endpoints_and_startup_allows_slow_downloads() {
     assert!(budget >= 900, "startup budget {budget}s is under 15 minutes");
     let progress = d.spec.as_ref().unwrap().progress_deadline_seconds.unwrap();
     assert!(progress > budget, "progress deadline must outlast the startup budget");
-    let port = &c.ports.as_ref().unwrap()[0];
-    assert_eq!((port.name.as_deref(), port.container_port), (Some("http"), 8080));
+    let ports: Vec<_> = c.ports.as_ref().unwrap().iter().map(|p| (p.name.as_deref(), p.container_port)).collect();
+    assert_eq!(ports, [(Some("http"), 8080), (Some("grpc"), 8081)]);
     assert_eq!(c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);
 }
 
@@ -103,6 +103,7 @@ fn minimal_env_follows_the_contract() {
     assert_eq!(env_value(&d, "KINFER_MODEL_NAME").as_deref(), Some("iris"));
     assert_eq!(env_value(&d, "KINFER_MODEL_VERSION").as_deref(), Some("1"));
     assert_eq!(env_value(&d, "KINFER_HTTP_PORT").as_deref(), Some("8080"));
+    assert_eq!(env_value(&d, "KINFER_GRPC_PORT").as_deref(), Some("8081"));
     let env = env_map(&d);
     for absent in [
         "KINFER_MODEL_SHA256",
@@ -265,6 +266,21 @@ fn service_maps_port_80_to_the_named_http_port() {
     let p = &spec.ports.as_ref().unwrap()[0];
     assert_eq!(p.port, 80);
     assert_eq!(p.target_port, Some(IntOrString::String("http".into())));
+}
+
+#[test]
+fn service_exposes_the_grpc_port_with_app_protocol_grpc() {
+    let s = build_service(&valid("minimal.yaml"));
+    let ports = s.spec.as_ref().unwrap().ports.as_ref().unwrap();
+    let g = ports.iter().find(|p| p.name.as_deref() == Some("grpc")).expect("a port named grpc");
+    assert_eq!(g.port, 8081);
+    assert_eq!(g.target_port, Some(IntOrString::String("grpc".into())));
+    assert_eq!(g.app_protocol.as_deref(), Some("grpc"));
+    assert_eq!(g.protocol.as_deref(), Some("TCP"));
+    // The target names a container port that exists.
+    let d = build_deployment(&valid("minimal.yaml"));
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    assert!(c.ports.as_ref().unwrap().iter().any(|p| p.name.as_deref() == Some("grpc") && p.container_port == 8081));
 }
 
 #[test]

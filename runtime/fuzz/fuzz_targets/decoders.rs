@@ -1,5 +1,5 @@
-//! Fuzzes the request decoders (v2 JSON and binary, V1 JSON, multipart, image bytes); see
-//! kinfer_runtime::fuzz. `make fuzz` runs it for a bounded time.
+//! Fuzzes the request decoders (v2 JSON and binary, V1 JSON, gRPC ModelInferRequest, multipart,
+//! image bytes); see kinfer_runtime::fuzz. `make fuzz` runs it for a bounded time.
 #![no_main]
 
 use std::sync::OnceLock;

@@ -1,6 +1,7 @@
-//! The request/response codecs of the three protocols, and the checks every request goes
-//! through against the model's signature.
+//! The request/response codecs of the protocols (OIP v2 REST and gRPC, KServe V1, /predict), and
+//! the checks every request goes through against the model's signature.
 
+pub mod grpc;
 pub mod v1;
 pub mod v2;
 

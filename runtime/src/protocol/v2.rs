@@ -14,6 +14,9 @@ use crate::{
 /// The header naming the length of the JSON part of a body that carries binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// The platform named in model metadata (Triton's name for ONNX Runtime models).
+pub const PLATFORM: &str = "onnxruntime_onnx";
+
 #[derive(Deserialize)]
 struct RequestJson<'a> {
     #[serde(default)]
@@ -277,7 +280,7 @@ pub fn model_metadata(info: &ModelInfo) -> serde_json::Value {
     serde_json::to_value(ModelMeta {
         name: &info.name,
         versions: [&info.version],
-        platform: "onnxruntime_onnx",
+        platform: PLATFORM,
         inputs: metas(&info.inputs),
         outputs: metas(&info.outputs),
     })

@@ -49,18 +49,26 @@ pub struct Runtime {
     pub child: Child,
     pub base: String,
     pub port: u16,
+    /// The gRPC port (`--grpc-port`; every test runtime gets its own).
+    pub grpc_port: u16,
     pub tmp: tempfile::TempDir,
 }
 
 pub struct RuntimeBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    grpc: bool,
 }
 
 impl RuntimeBuilder {
     pub fn arg(mut self, k: &str, v: impl Into<String>) -> Self {
         self.args.push(k.into());
         self.args.push(v.into());
+        self
+    }
+    /// Starts the runtime with gRPC off (`--grpc-port 0`).
+    pub fn without_grpc(mut self) -> Self {
+        self.grpc = false;
         self
     }
     pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -71,9 +79,10 @@ impl RuntimeBuilder {
     /// Starts the process (it is live at once; see `wait_ready`).
     pub fn spawn(self) -> Runtime {
         let port = free_port();
+        let grpc_port = if self.grpc { free_port() } else { 0 };
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinfer-runtime"));
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--grpc-port", &grpc_port.to_string()])
             .arg("--cache-dir")
             .arg(tmp.path().join("cache"))
             .arg("--termination-log")
@@ -92,7 +101,7 @@ impl RuntimeBuilder {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn kinfer-runtime");
-        Runtime { child, base: format!("http://127.0.0.1:{port}"), port, tmp }
+        Runtime { child, base: format!("http://127.0.0.1:{port}"), port, grpc_port, tmp }
     }
 
     /// Starts the process and waits until it is ready.
@@ -104,7 +113,7 @@ impl RuntimeBuilder {
 }
 
 pub fn runtime(model_uri: impl Into<String>) -> RuntimeBuilder {
-    RuntimeBuilder { args: vec!["--model-uri".into(), model_uri.into()], envs: vec![] }
+    RuntimeBuilder { args: vec!["--model-uri".into(), model_uri.into()], envs: vec![], grpc: true }
 }
 
 pub fn client() -> reqwest::Client {
@@ -112,6 +121,11 @@ pub fn client() -> reqwest::Client {
 }
 
 impl Runtime {
+    /// The gRPC endpoint, as tonic clients take it.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -295,4 +309,25 @@ pub fn assert_close(got: &Value, want: &Value, what: &str) {
             _ => assert_eq!(a, b, "{what}[{i}]"),
         }
     }
+}
+
+/// A one-request HTTP server that serves `body` after `delay` (a slow model download).
+pub async fn slow_http(body: Vec<u8>, delay: Duration, status: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/models/iris.onnx")
 }
