@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use kube::{
     Client, Resource, ResourceExt,
-    api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{Api, DeleteParams, GetParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{
         Controller,
         controller::{self, Action},
@@ -48,6 +48,9 @@ use crate::{
     validate::{Scaling, ValidatedService, validate},
 };
 
+/// Triggers for one InferenceService within this long make one reconcile (creating it causes a
+/// burst: its children, their status updates by the controller-manager, its pods, its status).
+const DEBOUNCE: Duration = Duration::from_millis(1000);
 /// Transient errors back off from this...
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// ...up to this.
@@ -337,7 +340,7 @@ where
         && last_hash == hash
     {
         let name = obj.meta().name.clone().unwrap_or_default();
-        let live = api.get_opt(&name).await.map_err(|source| Error::Read { what: kind, source })?;
+        let live = get_cached(api, &name).await.map_err(|source| Error::Read { what: kind, source })?;
         if let Some(live) = live
             && live.meta().resource_version.as_deref() == Some(last_version.as_str())
         {
@@ -373,8 +376,14 @@ pub const REPLICAS_HANDOVER_MANAGER: &str = "kinfer-operator-replicas-handover";
 /// field manager, which keeps it until the HPA's next update takes it over (the hand-over the
 /// server-side apply documentation describes for HPAs). Returns whether the Deployment exists.
 async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str, min: i32, max: i32) -> Result<bool> {
-    let Some(live) = deployments.get_opt(name).await.map_err(|source| Error::Read { what: "Deployment", source })?
-    else {
+    let read = |source| Error::Read { what: "Deployment", source };
+    let live = match get_cached(deployments, name).await.map_err(read)? {
+        Some(d) => Some(d),
+        // Not in the cache: confirm from etcd before creating it with minReplicas, so that a
+        // lagging cache never resets a count the HPA already set.
+        None => deployments.get_opt(name).await.map_err(read)?,
+    };
+    let Some(live) = live else {
         return Ok(false);
     };
     let owned_by_us = live.metadata.managed_fields.iter().flatten().any(|m| {
@@ -405,7 +414,7 @@ where
 {
     let kind = kind_name::<K>();
     ctx.applied().remove(&(owner.to_string(), kind));
-    let Some(existing) = api.get_opt(&isvc.name).await.map_err(|source| Error::Read { what: kind, source })? else {
+    let Some(existing) = get_cached(api, &isvc.name).await.map_err(|source| Error::Read { what: kind, source })? else {
         return Ok(false);
     };
     let ours = existing.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == isvc.owner.uid);
@@ -420,6 +429,20 @@ where
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
         Err(source) => Err(Error::Delete { kind, name: isvc.name.clone(), source }),
+    }
+}
+
+/// Reads an object from the API server's watch cache (`resourceVersion=0`) rather than from
+/// etcd: much cheaper for the API server. It may be a little behind; every later change comes
+/// as a watch event that reconciles again.
+async fn get_cached<K>(api: &Api<K>, name: &str) -> kube::Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -445,7 +468,7 @@ async fn current_pods(client: &Client, isvc: &ValidatedService, deployment: &Dep
         .unwrap_or_default();
     let selector = format!("{ISVC_LABEL}={},{TEMPLATE_HASH_LABEL}={hash}", isvc.name);
     let pods = Api::<Pod>::namespaced(client.clone(), &isvc.namespace)
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&selector).match_any())
         .await
         .map_err(|source| Error::Read { what: "pods", source })?;
     Ok(pods.items)
@@ -497,7 +520,7 @@ pub async fn run(
             // The runtime pods (same labels as the other children): a pod that crashes, cannot
             // start or becomes ready reconciles its InferenceService at once.
             .watches(api_for::<Pod>(&client, scope.as_deref()), children_cfg.clone(), pod_owner)
-            .with_config(controller::Config::default().concurrency(ctx.config.concurrency));
+            .with_config(controller::Config::default().concurrency(ctx.config.concurrency).debounce(DEBOUNCE));
         stores.push(controller.store());
         info!(namespace = scope.as_deref().unwrap_or("<all>"), "starting controller");
         streams.push(
