@@ -16,3 +16,12 @@ run-operator:
 .PHONY: test-operator-integration
 test-operator-integration:
 	CARGO="$(CARGO)" scripts/test-rust.sh -p kinfer-operator --test integration -- --nocapture
+
+# kinfer-operator at scale against a real control plane (docs/benchmarks.md, "Operator at scale"):
+# BENCH_N InferenceServices (default 1000), time to all children, reconciles/s, peak RSS, API
+# writes in a quiet minute. KINFER_BENCH_KUBECONFIG: kubeconfig of a control plane (shared/k8s/up.sh).
+.PHONY: bench-operator
+bench-operator:
+	@test -n "$$KINFER_BENCH_KUBECONFIG" || { echo "set KINFER_BENCH_KUBECONFIG to the kubeconfig of a control plane"; exit 2; }
+	$(CARGO) build --release -p kinfer-operator --bin kinfer-operator
+	python3 benchmarks/operator_scale.py

@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt::Debug,
+    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -24,64 +25,79 @@ use k8s_openapi::{
 };
 use kube::{
     Client, Resource, ResourceExt,
-    api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{Api, DeleteParams, GetParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
-        reflector::Store,
+        events::{EventType, Reporter},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tracing::{debug, info, warn};
+use tracing::{Level, debug, info, warn};
 
 use crate::{
     build::{Children, ISVC_LABEL, MANAGED_BY, TEMPLATE_HASH_LABEL, build},
     config::{FIELD_MANAGER, OperatorConfig},
     crd::{InferenceService, InferenceServiceStatus},
     error::{Error, Result, is_rejection},
+    events::{Event, EventRecorder},
     metrics::Metrics,
     status::{READY, Rollout, compute_status, invalid_status, is_rolled_out, rollout, same_ignoring_time},
     validate::{Scaling, ValidatedService, validate},
 };
 
-/// Requeue while a rollout is under way: a crash-looping pod does not change the
-/// Deployment, so the watch alone would not notice it.
-const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
-/// Periodic resync of settled resources.
-const RESYNC: Duration = Duration::from_secs(600);
-/// Longest event note the events API accepts.
-const MAX_EVENT_NOTE: usize = 1024;
+/// Triggers for one InferenceService within this long make one reconcile (creating it causes a
+/// burst: its children, their status updates by the controller-manager, its pods, its status).
+const DEBOUNCE: Duration = Duration::from_millis(1000);
 /// Transient errors back off from this...
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// ...up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// `(InferenceService key, child kind)` → (hash of the applied object, resourceVersion).
+type AppliedMap = HashMap<(String, &'static str), (u64, String)>;
 
 /// What every reconcile needs.
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
     /// Event recorder.
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// Operator settings.
     pub config: OperatorConfig,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive transient failures per `namespace/name`, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per child (`namespace/name` of the InferenceService, kind): the hash of what was last
+    /// applied and the resourceVersion the API server answered with. A child whose live
+    /// resourceVersion is still that one, and whose wanted state has the same hash, is not
+    /// applied again: a resync of a settled resource writes nothing.
+    applied: Mutex<AppliedMap>,
 }
 
 impl Context {
     /// Creates a context.
     pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>, reporter: Reporter) -> Self {
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: EventRecorder::new(client.clone(), reporter),
             client,
             config,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, AppliedMap> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets what was applied for InferenceServices that are gone.
+    fn retain_applied(&self, present: &BTreeSet<String>) {
+        self.applied().retain(|(isvc, _), _| present.contains(isvc));
     }
 
     fn failure_count(&self, key: &str, bump: bool) -> u32 {
@@ -98,19 +114,9 @@ impl Context {
         }
     }
 
-    async fn publish(&self, isvc: &InferenceService, type_: EventType, reason: &str, mut note: String) {
-        // The events API refuses notes over 1 kB.
-        if note.len() > MAX_EVENT_NOTE {
-            let mut cut = MAX_EVENT_NOTE - '…'.len_utf8();
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-            note.push('…');
-        }
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {
+    async fn publish(&self, isvc: &InferenceService, type_: EventType, reason: &str, action: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), action: action.into(), note };
+        if let Err(e) = self.recorder.publish(event, &isvc.object_ref(&())).await {
             warn!(error = %e, "failed to publish event");
         }
     }
@@ -142,7 +148,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         }
     };
 
-    let applied = match apply(&ctx.client, &valid, build(&valid)).await {
+    let applied = match apply(ctx, &valid, build(&valid)).await {
         Ok(a) => a,
         Err(e @ Error::Rejected { .. }) => {
             refuse(isvc, &isvcs, ctx, &e.to_string()).await?;
@@ -151,11 +157,12 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         Err(e) => return Err(e),
     };
 
-    let rollout = if is_rolled_out(&applied.deployment) {
-        rollout(&applied.deployment, &[])
+    let min_available = valid.min_available();
+    let rollout = if is_rolled_out(&applied.deployment, min_available) {
+        rollout(&applied.deployment, &[], min_available)
     } else {
         let pods = current_pods(&ctx.client, &valid, &applied.deployment).await?;
-        rollout(&applied.deployment, &pods)
+        rollout(&applied.deployment, &pods, min_available)
     };
     let status = compute_status(isvc, &valid, &ctx.config, &applied.deployment, &rollout, Timestamp::now());
     let old = isvc.status.clone().unwrap_or_default();
@@ -168,13 +175,20 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             isvc,
             EventType::Normal,
             reason,
+            "Apply",
             format!("applied {} for generation {}", applied.kinds.join(", "), isvc.metadata.generation.unwrap_or(0)),
         )
         .await;
     }
     for kind in &applied.deleted {
-        ctx.publish(isvc, EventType::Normal, "Deleted", format!("deleted {kind} {} (no longer wanted)", valid.name))
-            .await;
+        ctx.publish(
+            isvc,
+            EventType::Normal,
+            "Deleted",
+            "Delete",
+            format!("deleted {kind} {} (no longer wanted)", valid.name),
+        )
+        .await;
     }
     let old_ready = old.conditions.iter().find(|c| c.type_ == READY);
     let new_ready = status.conditions.iter().find(|c| c.type_ == READY);
@@ -183,10 +197,10 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         if changed {
             match &rollout {
                 Rollout::Failed { reason, .. } => {
-                    ctx.publish(isvc, EventType::Warning, reason, new.message.clone()).await;
+                    ctx.publish(isvc, EventType::Warning, reason, "Rollout", new.message.clone()).await;
                 }
                 Rollout::Complete => {
-                    ctx.publish(isvc, EventType::Normal, "Ready", new.message.clone()).await;
+                    ctx.publish(isvc, EventType::Normal, "Ready", "Rollout", new.message.clone()).await;
                 }
                 _ => {}
             }
@@ -195,7 +209,9 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
 
     ctx.metrics.set_managed(&key(isvc), Some(applied.kinds.clone()));
     debug!(isvc = %key(isvc), ?rollout, "reconciled");
-    Ok(if rollout.in_progress() { Action::requeue(PROGRESS_REQUEUE) } else { Action::requeue(RESYNC) })
+    // No shorter requeue while a rollout is under way: the watches on the Deployments and on
+    // the runtime pods trigger a reconcile on every change of either.
+    Ok(Action::requeue(ctx.config.resync))
 }
 
 /// Records an unservable spec in the status (and an event when that is news).
@@ -203,7 +219,7 @@ async fn refuse(isvc: &InferenceService, isvcs: &Api<InferenceService>, ctx: &Co
     let old = isvc.status.clone().unwrap_or_default();
     let status = invalid_status(isvc, message, Timestamp::now());
     if patch_status_if_changed(isvcs, isvc, &old, &status).await? {
-        ctx.publish(isvc, EventType::Warning, "InvalidSpec", message.to_string()).await;
+        ctx.publish(isvc, EventType::Warning, "InvalidSpec", "Validate", message.to_string()).await;
     }
     Ok(())
 }
@@ -241,47 +257,102 @@ pub struct Applied {
     pub deleted: Vec<&'static str>,
 }
 
-/// Applies every wanted child and deletes the unwanted ones. Order: the Service (the address
-/// exists as soon as possible), the Deployment, then the HPA that targets it, then the PDB.
-pub async fn apply(client: &Client, isvc: &ValidatedService, children: Children) -> Result<Applied> {
+/// Applies every wanted child and deletes the unwanted ones. The four children are
+/// independent (an HPA may exist before the Deployment it targets; it waits for it), so their
+/// API calls run concurrently.
+pub async fn apply(ctx: &Context, isvc: &ValidatedService, children: Children) -> Result<Applied> {
     // Destructured without `..`: a new child kind that is not applied fails to compile.
     let Children { deployment, service, hpa, pdb } = children;
+    let client = &ctx.client;
     let ns = &isvc.namespace;
+    let owner = format!("{ns}/{}", isvc.name);
+
+    let service = async {
+        ensure_applied(ctx, &owner, &Api::<Service>::namespaced(client.clone(), ns), &service).await?;
+        Ok::<_, Error>(())
+    };
+    let deployment = async {
+        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+        let mut deployment = deployment;
+        if let Scaling::Auto(a) = &isvc.scaling {
+            let exists = hand_over_replicas(&deployments, &isvc.name, a.min_replicas, a.max_replicas).await?;
+            if !exists {
+                // First creation under autoscaling: start at minReplicas rather than the API
+                // server's default of one pod. The next reconcile hands the field to the HPA.
+                if let Some(spec) = deployment.spec.as_mut() {
+                    spec.replicas = Some(a.min_replicas);
+                }
+            }
+        }
+        ensure_applied(ctx, &owner, &deployments, &deployment).await
+    };
+    let hpa = async {
+        let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
+        match hpa {
+            Some(h) => ensure_applied(ctx, &owner, &hpas, &h).await.map(|_| (true, false)),
+            None => delete_owned(ctx, &owner, &hpas, isvc).await.map(|deleted| (false, deleted)),
+        }
+    };
+    let pdb = async {
+        let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+        match pdb {
+            Some(p) => ensure_applied(ctx, &owner, &pdbs, &p).await.map(|_| (true, false)),
+            None => delete_owned(ctx, &owner, &pdbs, isvc).await.map(|deleted| (false, deleted)),
+        }
+    };
+    let ((), deployment, (hpa_exists, hpa_deleted), (pdb_exists, pdb_deleted)) =
+        futures::try_join!(service, deployment, hpa, pdb)?;
+
     let mut kinds = vec!["Service", "Deployment"];
     let mut deleted = Vec::new();
-
-    apply_one(&Api::<Service>::namespaced(client.clone(), ns), &service).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-    if matches!(isvc.scaling, Scaling::Auto(_)) {
-        hand_over_replicas(&deployments, &isvc.name).await?;
+    if hpa_exists {
+        kinds.push("HorizontalPodAutoscaler");
     }
-    let deployment = apply_one(&deployments, &deployment).await?;
-
-    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
-    match hpa {
-        Some(h) => {
-            apply_one(&hpas, &h).await?;
-            kinds.push("HorizontalPodAutoscaler");
-        }
-        None => {
-            if delete_owned(&hpas, isvc).await? {
-                deleted.push("HorizontalPodAutoscaler");
-            }
-        }
+    if hpa_deleted {
+        deleted.push("HorizontalPodAutoscaler");
     }
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
-    match pdb {
-        Some(p) => {
-            apply_one(&pdbs, &p).await?;
-            kinds.push("PodDisruptionBudget");
-        }
-        None => {
-            if delete_owned(&pdbs, isvc).await? {
-                deleted.push("PodDisruptionBudget");
-            }
-        }
+    if pdb_exists {
+        kinds.push("PodDisruptionBudget");
+    }
+    if pdb_deleted {
+        deleted.push("PodDisruptionBudget");
     }
     Ok(Applied { deployment, kinds, deleted })
+}
+
+fn hash_of<K: Serialize>(obj: &K) -> u64 {
+    let mut h = DefaultHasher::new();
+    serde_json::to_string(obj).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// Applies `obj` unless the live object is exactly what this operator last applied with the
+/// same wanted state (same resourceVersion: nobody changed it since). Returns the live object.
+async fn ensure_applied<K>(ctx: &Context, owner: &str, api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let kind = kind_name::<K>();
+    let key = (owner.to_string(), kind);
+    let hash = hash_of(obj);
+    let last = ctx.applied().get(&key).cloned();
+    if let Some((last_hash, last_version)) = last
+        && last_hash == hash
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let live = get_cached(api, &name).await.map_err(|source| Error::Read { what: kind, source })?;
+        if let Some(live) = live
+            && live.meta().resource_version.as_deref() == Some(last_version.as_str())
+        {
+            return Ok(live);
+        }
+    }
+    let applied = apply_one(api, obj).await?;
+    match applied.meta().resource_version.clone() {
+        Some(version) => ctx.applied().insert(key, (hash, version)),
+        None => ctx.applied().remove(&key),
+    };
+    Ok(applied)
 }
 
 async fn apply_one<K>(api: &Api<K>, obj: &K) -> Result<K>
@@ -299,23 +370,30 @@ where
 pub const REPLICAS_HANDOVER_MANAGER: &str = "kinfer-operator-replicas-handover";
 
 /// Under autoscaling the HPA owns `spec.replicas`, so the operator's apply leaves it out. If the
-/// operator still owns the field (it applied a fixed count before), leaving it out would reset
-/// the Deployment to one replica until the HPA reacts. So the current value is first applied by
-/// a second field manager, which keeps it until the HPA's next update takes it over (the
-/// hand-over the server-side apply documentation describes for HPAs).
-async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str) -> Result<()> {
-    let Some(live) = deployments.get_opt(name).await.map_err(|source| Error::Read { what: "Deployment", source })?
-    else {
-        return Ok(());
+/// operator still owns the field (it applied a fixed count before, or created the Deployment
+/// with `minReplicas`), leaving it out would reset the Deployment to one replica until the HPA
+/// reacts. So the current value, brought within `[min, max]`, is first applied by a second
+/// field manager, which keeps it until the HPA's next update takes it over (the hand-over the
+/// server-side apply documentation describes for HPAs). Returns whether the Deployment exists.
+async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str, min: i32, max: i32) -> Result<bool> {
+    let read = |source| Error::Read { what: "Deployment", source };
+    let live = match get_cached(deployments, name).await.map_err(read)? {
+        Some(d) => Some(d),
+        // Not in the cache: confirm from etcd before creating it with minReplicas, so that a
+        // lagging cache never resets a count the HPA already set.
+        None => deployments.get_opt(name).await.map_err(read)?,
+    };
+    let Some(live) = live else {
+        return Ok(false);
     };
     let owned_by_us = live.metadata.managed_fields.iter().flatten().any(|m| {
         m.manager.as_deref() == Some(FIELD_MANAGER)
             && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
     });
     if !owned_by_us {
-        return Ok(());
+        return Ok(true);
     }
-    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).clamp(min, max.max(min));
     let patch = serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -326,16 +404,17 @@ async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str) -> Result
         .patch(name, &PatchParams::apply(REPLICAS_HANDOVER_MANAGER), &Patch::Apply(&patch))
         .await
         .map_err(|source| Error::Apply { kind: "Deployment", name: name.to_string(), source })?;
-    Ok(())
+    Ok(true)
 }
 
 /// Deletes the child named like the InferenceService if (and only if) it is controlled by it.
-async fn delete_owned<K>(api: &Api<K>, isvc: &ValidatedService) -> Result<bool>
+async fn delete_owned<K>(ctx: &Context, owner: &str, api: &Api<K>, isvc: &ValidatedService) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
     let kind = kind_name::<K>();
-    let Some(existing) = api.get_opt(&isvc.name).await.map_err(|source| Error::Read { what: kind, source })? else {
+    ctx.applied().remove(&(owner.to_string(), kind));
+    let Some(existing) = get_cached(api, &isvc.name).await.map_err(|source| Error::Read { what: kind, source })? else {
         return Ok(false);
     };
     let ours = existing.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == isvc.owner.uid);
@@ -350,6 +429,20 @@ where
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
         Err(source) => Err(Error::Delete { kind, name: isvc.name.clone(), source }),
+    }
+}
+
+/// Reads an object from the API server's watch cache (`resourceVersion=0`) rather than from
+/// etcd: much cheaper for the API server. It may be a little behind; every later change comes
+/// as a watch event that reconciles again.
+async fn get_cached<K>(api: &Api<K>, name: &str) -> kube::Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -375,7 +468,7 @@ async fn current_pods(client: &Client, isvc: &ValidatedService, deployment: &Dep
         .unwrap_or_default();
     let selector = format!("{ISVC_LABEL}={},{TEMPLATE_HASH_LABEL}={hash}", isvc.name);
     let pods = Api::<Pod>::namespaced(client.clone(), &isvc.namespace)
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&selector).match_any())
         .await
         .map_err(|source| Error::Read { what: "pods", source })?;
     Ok(pods.items)
@@ -424,7 +517,10 @@ pub async fn run(
             .owns(api_for::<Service>(&client, scope.as_deref()), children_cfg.clone())
             .owns(api_for::<HorizontalPodAutoscaler>(&client, scope.as_deref()), children_cfg.clone())
             .owns(api_for::<PodDisruptionBudget>(&client, scope.as_deref()), children_cfg.clone())
-            .with_config(controller::Config::default().concurrency(4));
+            // The runtime pods (same labels as the other children): a pod that crashes, cannot
+            // start or becomes ready reconciles its InferenceService at once.
+            .watches(api_for::<Pod>(&client, scope.as_deref()), children_cfg.clone(), pod_owner)
+            .with_config(controller::Config::default().concurrency(ctx.config.concurrency).debounce(DEBOUNCE));
         stores.push(controller.store());
         info!(namespace = scope.as_deref().unwrap_or("<all>"), "starting controller");
         streams.push(
@@ -433,9 +529,7 @@ pub async fn run(
                 .for_each(|res| async move {
                     match res {
                         Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-                        Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                            debug!(object = %obj, error = %e, "reconcile failed")
-                        }
+                        Err(e) if controller_error_level(&e) == Level::DEBUG => debug!(error = %e, "controller"),
                         Err(e) => warn!(error = %e, "controller error"),
                     }
                 })
@@ -447,6 +541,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(30)).await;
             let present: BTreeSet<String> = stores.iter().flat_map(|s| s.state()).map(|o| key(&o)).collect();
             metrics.retain_managed(&present);
+            ctx.retain_applied(&present);
         }
     });
     tokio::select! {
@@ -454,6 +549,23 @@ pub async fn run(
         _ = prune => {}
     }
     Ok(())
+}
+
+/// The InferenceService a runtime pod belongs to (from its labels).
+fn pod_owner(pod: Pod) -> Option<ObjectRef<InferenceService>> {
+    let name = pod.labels().get(ISVC_LABEL)?;
+    let namespace = pod.namespace()?;
+    Some(ObjectRef::new(name).within(&namespace))
+}
+
+/// How loud an error of the controller's stream is. Reconcile failures are logged (and
+/// counted) by `error_policy`; a scheduled reconcile of an object deleted meanwhile is normal
+/// (every deletion causes some: the children's deletions trigger their owner).
+pub fn controller_error_level<Q>(error: &controller::Error<Error, Q>) -> Level {
+    match error {
+        controller::Error::ObjectNotFound(_) | controller::Error::ReconcilerFailed(..) => Level::DEBUG,
+        controller::Error::QueueError(_) | controller::Error::RunnerError(_) => Level::WARN,
+    }
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>

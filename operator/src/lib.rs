@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod server;

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kinfer_operator::{
-    config::{DEFAULT_RUNTIME_IMAGE, OperatorConfig},
+    config::{DEFAULT_CONCURRENCY, DEFAULT_RUNTIME_IMAGE, OperatorConfig},
     controller,
     leader::{self, LeaseSettings},
     metrics::Metrics,
@@ -47,6 +47,16 @@ struct Args {
     /// Cluster DNS domain, used in status.url.
     #[arg(long, env = "KINFER_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+
+    /// InferenceServices reconciled at the same time (0: no limit). Each reconcile makes its
+    /// API calls concurrently too; the kube client has no client-side rate limit.
+    #[arg(long, env = "KINFER_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    concurrency: u16,
+
+    /// Seconds after which a settled InferenceService is reconciled again. A resync that finds
+    /// nothing changed writes nothing.
+    #[arg(long, env = "KINFER_RESYNC_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_seconds: u64,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `kinfer_operator=debug,info`).
     #[arg(long, env = "KINFER_LOG_LEVEL", default_value = "info")]
@@ -107,11 +117,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "kinfer-operator".to_string());
-    let config =
-        OperatorConfig { runtime_image: args.runtime_image.clone(), cluster_domain: args.cluster_domain.clone() };
+    let config = OperatorConfig {
+        runtime_image: args.runtime_image.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        concurrency: args.concurrency,
+        resync: std::time::Duration::from_secs(args.resync_seconds),
+    };
     let namespaces: Vec<String> =
         args.namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    info!(image = %config.runtime_image, ?namespaces, leader_election = args.leader_election, "starting kinfer-operator");
+    info!(image = %config.runtime_image, ?namespaces, leader_election = args.leader_election,
+        concurrency = config.concurrency, "starting kinfer-operator");
 
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));

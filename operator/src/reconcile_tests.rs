@@ -112,6 +112,31 @@ impl Harness {
         self.state.lock().unwrap().event_reasons()
     }
 
+    /// Notes of the Event objects created with this reason, in order.
+    fn event_notes(&self, reason: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls_to(&Method::POST, "/events")
+            .iter()
+            .filter_map(|c| c.body.as_ref())
+            .filter(|b| b["reason"] == reason)
+            .filter_map(|b| b["note"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// Write requests (anything but GET) so far.
+    fn writes(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.method != Method::GET)
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect()
+    }
+
     async fn finish(self) {
         drop(self.ctx);
         tokio::time::timeout(Duration::from_secs(1), self.server)
@@ -125,7 +150,7 @@ impl Harness {
 async fn create_applies_four_children_with_owner_references_and_reports_progressing() {
     let h = Harness::new("autoscaling.yaml");
     let action = h.reconcile().await.expect("reconcile");
-    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(600)), "watches, not a timer, follow the rollout");
 
     let d = h.deployment();
     let s: Service = h.get(&paths::service("churn")).expect("service");
@@ -375,6 +400,129 @@ async fn an_unchanged_status_is_not_patched_again() {
 }
 
 #[tokio::test]
+async fn each_event_says_what_happened_this_time() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    h.update_spec(|i| i.spec.model.uri = "s3://models/iris/2/model.onnx".into());
+    h.reconcile().await.unwrap();
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    let ready = h.event_notes("Ready");
+    assert_eq!(ready.len(), 2, "a new message is a new event, not a repeat of the first: {ready:?}");
+    assert!(ready[0].contains("iris/1"), "{ready:?}");
+    assert!(ready[1].contains("iris/2"), "{ready:?}");
+
+    // The very same message again (the pod restarted, then became ready) continues the series.
+    h.set_deployment_status(json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+        "readyReplicas": 0, "availableReplicas": 0}));
+    h.reconcile().await.unwrap();
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    assert_eq!(h.event_notes("Ready").len(), 2);
+    let series: Vec<Value> =
+        h.state.lock().unwrap().calls_to(&Method::PATCH, "/events/").iter().filter_map(|c| c.body.clone()).collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0]["series"]["count"], 2);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn each_deletion_has_its_own_event() {
+    let h = Harness::new("autoscaling.yaml");
+    h.reconcile().await.unwrap();
+    h.update_spec(|i| {
+        i.spec.autoscaling = None;
+        i.spec.replicas = Some(1);
+    });
+    h.reconcile().await.unwrap();
+    let mut deleted = h.event_notes("Deleted");
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            "deleted HorizontalPodAutoscaler churn (no longer wanted)",
+            "deleted PodDisruptionBudget churn (no longer wanted)"
+        ]
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn autoscaling_starts_at_min_replicas_and_is_ready_only_with_them() {
+    let h = Harness::new("autoscaling.yaml");
+    h.reconcile().await.unwrap();
+    let created = h.state.lock().unwrap().calls_to(&Method::PATCH, "/deployments/churn")[0].body.clone().unwrap();
+    assert_eq!(created["spec"]["replicas"], 2, "created with minReplicas, not the API server's default of 1");
+
+    // One pod ready (the Deployment at one replica, the HPA not acting yet): not Ready.
+    h.state.lock().unwrap().objects.get_mut(&paths::deployment("churn")).unwrap()["spec"]["replicas"] = json!(1);
+    h.set_deployment_status(json!({"observedGeneration": h.deployment().metadata.generation, "replicas": 1,
+        "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}));
+    h.reconcile().await.unwrap();
+    let (status, reason, message) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Progressing"), "{message}");
+    assert!(message.contains("1/2"), "{message}");
+    assert!(!h.events().contains(&"Ready".to_string()));
+
+    // The HPA scales up to minReplicas: Ready.
+    h.state.lock().unwrap().objects.get_mut(&paths::deployment("churn")).unwrap()["spec"]["replicas"] = json!(2);
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    let (status, reason, message) = h.condition(READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Available"), "{message}");
+    assert!(message.contains("2/2"), "{message}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_resync_of_a_settled_resource_writes_nothing() {
+    for fixture_name in ["minimal.yaml", "autoscaling.yaml", "full.yaml"] {
+        let h = Harness::new(fixture_name);
+        h.reconcile().await.unwrap();
+        h.reconcile().await.unwrap();
+        if fixture_name == "autoscaling.yaml" {
+            // The HPA's scale. (The fake's apply replaces the whole object, so it has dropped
+            // the replicas that the hand-over field manager keeps on a real API server.)
+            h.state.lock().unwrap().objects.get_mut(&paths::deployment(&h.name)).unwrap()["spec"]["replicas"] =
+                json!(2);
+        }
+        h.roll_out();
+        h.reconcile().await.unwrap();
+        assert_eq!(h.condition(READY).0, "True", "{fixture_name}");
+        let before = h.writes();
+        h.reconcile().await.unwrap();
+        h.reconcile().await.unwrap();
+        let after = h.writes();
+        assert_eq!(after[before.len()..], [] as [String; 0], "{fixture_name}: a resync wrote");
+        h.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_child_changed_by_someone_else_is_applied_again() {
+    let h = Harness::new("minimal.yaml");
+    h.reconcile().await.unwrap();
+    h.state.lock().unwrap().update(&paths::service("iris"), |s| s["spec"]["ports"] = json!([]));
+    h.reconcile().await.unwrap();
+    let s: Service = h.get(&paths::service("iris")).unwrap();
+    assert!(!s.spec.unwrap().ports.unwrap_or_default().is_empty(), "the operator's apply restored the ports");
+    h.finish().await;
+}
+
+#[test]
+fn object_not_found_in_the_store_is_logged_at_debug() {
+    use crate::controller::controller_error_level;
+    use kube::runtime::{controller::Error as CtrlError, reflector::ObjectRef, watcher};
+    let gone = ObjectRef::<InferenceService>::new("iris").within("ml").erase();
+    let e: CtrlError<Error, watcher::Error> = CtrlError::ObjectNotFound(Box::new(gone));
+    assert_eq!(controller_error_level(&e), tracing::Level::DEBUG);
+    let e: CtrlError<Error, watcher::Error> = CtrlError::QueueError(watcher::Error::NoResourceVersion);
+    assert_eq!(controller_error_level(&e), tracing::Level::WARN);
+}
+
+#[tokio::test]
 async fn transient_errors_requeue_with_growing_backoff() {
     let (ctx, _verifier) = Context::test();
     let isvc = Arc::new(fixture("minimal.yaml"));
@@ -438,6 +586,81 @@ async fn the_controller_reconciles_new_resources_and_child_status_changes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(applies(), settled, "reconciles keep going without any change");
     assert!(settled <= 6, "{settled} applies for three changes");
+    operator.abort();
+    server.abort();
+}
+
+/// The runtime pods are watched: a pod of the new template that crashes makes the resource
+/// `ModelFailed` at once (not at a later requeue), and when it runs again the failure clears.
+#[tokio::test]
+async fn a_failing_runtime_pod_is_reported_at_once_and_its_recovery_too() {
+    use crate::{
+        config::OperatorConfig,
+        controller::run,
+        fixtures::{ApiServerVerifier, NS},
+        metrics::Metrics,
+    };
+    use kube::runtime::events::Reporter;
+
+    let (client, verifier) = ApiServerVerifier::new();
+    let state = verifier.state.clone();
+    state.lock().unwrap().put(&paths::isvc("iris"), serde_json::to_value(fixture("minimal.yaml")).unwrap());
+    let server = verifier.run();
+    let operator = tokio::spawn(run(
+        client,
+        OperatorConfig::default(),
+        vec![NS.to_string()],
+        Arc::new(Metrics::new()),
+        Reporter { controller: "kinfer-operator".into(), instance: Some("test".into()) },
+    ));
+    let ready = |st: &FakeState| -> Option<(String, String)> {
+        let i: InferenceService = st.get(&paths::isvc("iris"))?;
+        let c = i.condition(READY)?;
+        Some((c.reason.clone(), c.message.clone()))
+    };
+    wait_state(&state, "Progressing", |st| ready(st).is_some_and(|(r, _)| r == "Progressing")).await;
+    let (labels, generation) = {
+        let st = state.lock().unwrap();
+        let d: Deployment = st.get(&paths::deployment("iris")).unwrap();
+        (d.spec.unwrap().template.metadata.unwrap().labels.unwrap(), d.metadata.generation)
+    };
+    state.lock().unwrap().update(&paths::deployment("iris"), |d| {
+        d["status"] = json!({"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1,
+            "readyReplicas": 0, "availableReplicas": 0});
+    });
+    let pod = |container: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "iris-abc", "namespace": NS, "labels": labels},
+            "status": {"phase": "Running", "containerStatuses": [container]}})
+    };
+    state.lock().unwrap().put(
+        &paths::pod("iris-abc"),
+        pod(json!({"name": "runtime", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"running": {}}})),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready(&state.lock().unwrap()).unwrap().0, "Progressing");
+
+    // The container exits: nothing else changes (the Deployment's status stays the same).
+    state.lock().unwrap().put(
+        &paths::pod("iris-abc"),
+        pod(json!({"name": "runtime", "ready": false, "restartCount": 1, "image": "x", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+            "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                "message": "cannot load model: sha256 mismatch"}}})),
+    );
+    wait_state(&state, "ModelFailed from the pod", |st| {
+        ready(st).is_some_and(|(r, m)| r == "ModelFailed" && m.contains("sha256 mismatch"))
+    })
+    .await;
+
+    // It runs again (e.g. the model store came back): no longer a failure.
+    state.lock().unwrap().put(
+        &paths::pod("iris-abc"),
+        pod(json!({"name": "runtime", "ready": false, "restartCount": 1, "image": "x", "imageID": "",
+            "state": {"running": {}}})),
+    );
+    wait_state(&state, "the failure to clear", |st| ready(st).is_some_and(|(r, _)| r == "Progressing")).await;
     operator.abort();
     server.abort();
 }

@@ -80,25 +80,36 @@ impl Rollout {
     }
 }
 
-/// Whether the Deployment reports the current template fully rolled out.
-pub fn is_rolled_out(deployment: &Deployment) -> bool {
+/// Whether the Deployment reports the current template fully rolled out: every replica it
+/// wants is updated and ready, none of an old template is left, and at least `min_available`
+/// replicas are available (`spec.replicas`, or `autoscaling.minReplicas`: until the
+/// HorizontalPodAutoscaler has scaled the Deployment up to its minimum, the resource is not
+/// Ready).
+pub fn is_rolled_out(deployment: &Deployment, min_available: i32) -> bool {
     let generation = deployment.metadata.generation.unwrap_or(0);
-    let wanted = wanted_replicas(deployment);
+    let wanted = deployment_replicas(deployment);
     let st = deployment.status.clone().unwrap_or_default();
     st.observed_generation.unwrap_or(0) >= generation
         && st.updated_replicas.unwrap_or(0) == wanted
         && st.ready_replicas.unwrap_or(0) == wanted
         && st.replicas.unwrap_or(0) == wanted
+        && st.available_replicas.unwrap_or(0) >= min_available
 }
 
-fn wanted_replicas(deployment: &Deployment) -> i32 {
+fn deployment_replicas(deployment: &Deployment) -> i32 {
     deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
 
-/// Classifies the rollout from the Deployment and the pods of its current template.
-pub fn rollout(deployment: &Deployment, new_pods: &[Pod]) -> Rollout {
-    let wanted = wanted_replicas(deployment);
-    if is_rolled_out(deployment) {
+/// Replicas wanted: the Deployment's, and never fewer than `min_available`.
+fn wanted_replicas(deployment: &Deployment, min_available: i32) -> i32 {
+    deployment_replicas(deployment).max(min_available)
+}
+
+/// Classifies the rollout from the Deployment and the pods of its current template;
+/// `min_available` as for [`is_rolled_out`].
+pub fn rollout(deployment: &Deployment, new_pods: &[Pod], min_available: i32) -> Rollout {
+    let wanted = wanted_replicas(deployment, min_available);
+    if is_rolled_out(deployment, min_available) {
         return if wanted == 0 { Rollout::ScaledToZero } else { Rollout::Complete };
     }
     let st = deployment.status.clone().unwrap_or_default();
@@ -188,7 +199,7 @@ pub fn compute_status(
     let old = isvc.status.clone().unwrap_or_default();
     let generation = isvc.metadata.generation;
     let st = deployment.status.clone().unwrap_or_default();
-    let wanted = wanted_replicas(deployment);
+    let wanted = deployment_replicas(deployment);
     let ready = st.ready_replicas.unwrap_or(0);
     let available = st.available_replicas.unwrap_or(0);
     let uri = &valid.spec.model.uri;
@@ -347,13 +358,33 @@ mod tests {
     fn rollout_is_complete_only_with_every_replica_updated_ready_and_observed() {
         let full = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
                           "readyReplicas": 2, "availableReplicas": 2});
-        assert_eq!(rollout(&deployment(full.clone()), &[]), Rollout::Complete);
+        assert_eq!(rollout(&deployment(full.clone()), &[], 2), Rollout::Complete);
         for (field, value) in [("observedGeneration", 1), ("replicas", 3), ("updatedReplicas", 1), ("readyReplicas", 1)]
         {
             let mut s = full.clone();
             s[field] = json!(value);
-            assert!(rollout(&deployment(s), &[]).in_progress(), "{field}={value} is not complete");
+            assert!(rollout(&deployment(s), &[], 2).in_progress(), "{field}={value} is not complete");
         }
+    }
+
+    #[test]
+    fn fewer_available_replicas_than_the_minimum_are_not_ready() {
+        // The HPA has not scaled the Deployment up to minReplicas (2) yet: its one pod is ready.
+        let one: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "churn", "generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                       "readyReplicas": 1, "availableReplicas": 1}}))
+        .unwrap();
+        assert!(!is_rolled_out(&one, 2));
+        assert_eq!(rollout(&one, &[], 2), Rollout::InProgress("rolling out: 1/2 updated replicas, 1 ready".into()));
+        assert_eq!(rollout(&one, &[], 1), Rollout::Complete);
+        // ready but not yet available (minReadySeconds) does not count either
+        let mut ready_only = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                          "readyReplicas": 2, "availableReplicas": 1}));
+        assert!(rollout(&ready_only, &[], 2).in_progress());
+        ready_only.status.as_mut().unwrap().available_replicas = Some(2);
+        assert_eq!(rollout(&ready_only, &[], 2), Rollout::Complete);
     }
 
     #[test]
@@ -361,7 +392,7 @@ mod tests {
         let d = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
             "conditions": [{"type": "Progressing", "status": "False",
                 "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"iris-x\" has timed out progressing."}]}));
-        let Rollout::Failed { reason, message } = rollout(&d, &[]) else { panic!("not failed") };
+        let Rollout::Failed { reason, message } = rollout(&d, &[], 2) else { panic!("not failed") };
         assert_eq!(reason, REASON_ROLLOUT_FAILED);
         assert!(message.contains("timed out"));
 
@@ -369,7 +400,7 @@ mod tests {
         let p = pod(json!({"name": "runtime", "ready": false, "restartCount": 0, "image": "x",
             "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError",
             "message": "secret \"s3-creds\" not found"}}}));
-        let Rollout::Failed { reason, message } = rollout(&d, &[p]) else { panic!("not failed") };
+        let Rollout::Failed { reason, message } = rollout(&d, &[p], 2) else { panic!("not failed") };
         assert_eq!(reason, REASON_ROLLOUT_FAILED);
         assert!(message.contains("secret \"s3-creds\" not found"), "{message}");
     }
@@ -380,7 +411,7 @@ mod tests {
         let p = pod(json!({"name": "runtime", "ready": true, "restartCount": 1, "image": "x",
             "imageID": "", "state": {"running": {}},
             "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}));
-        assert!(rollout(&d, &[p]).in_progress());
+        assert!(rollout(&d, &[p], 2).in_progress());
     }
 
     #[test]
@@ -443,7 +474,7 @@ mod tests {
             "spec": {"replicas": 0, "selector": {}, "template": {}},
             "status": {"observedGeneration": 1}}))
         .unwrap();
-        assert_eq!(rollout(&d, &[]), Rollout::ScaledToZero);
+        assert_eq!(rollout(&d, &[], 0), Rollout::ScaledToZero);
         let s = status_for(&fixture("minimal.yaml"), &d, &Rollout::ScaledToZero, t(1));
         assert_eq!(ready(&s).reason, REASON_SCALED_TO_ZERO);
         assert_eq!(s.model_uri, None);

@@ -50,6 +50,15 @@ pub enum Scaling {
 }
 
 impl ValidatedService {
+    /// Replicas that must be available for the resource to be Ready: `replicas`, or
+    /// `autoscaling.minReplicas`.
+    pub fn min_available(&self) -> i32 {
+        match &self.scaling {
+            Scaling::Fixed(n) => *n,
+            Scaling::Auto(a) => a.min_replicas,
+        }
+    }
+
     /// Whether a PodDisruptionBudget is wanted: only when more than one pod always runs.
     pub fn wants_pdb(&self) -> bool {
         match &self.scaling {

@@ -299,3 +299,145 @@ async fn ready_deployment_makes_the_resource_ready_and_a_spec_change_rolls_it() 
     })
     .await;
 }
+
+/// Plays the kubelet for a runtime container that exits (the model cannot be loaded).
+async fn crash_pods(client: &Client, ns: &str, name: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={name}");
+    let now = Timestamp::now().to_string();
+    let list = pods.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default();
+    for pod in &list {
+        let crashed = json!({"status": {
+            "phase": "Running",
+            "containerStatuses": [{"name": "runtime", "ready": false, "started": false,
+                "restartCount": 1, "image": "kinfer-runtime:integration-test", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "startedAt": now, "finishedAt": now,
+                    "message": "cannot load model: sha256 mismatch"}}}],
+        }});
+        pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&crashed)).await.expect("pod status");
+    }
+    list.len()
+}
+
+#[tokio::test]
+async fn a_crashing_runtime_pod_is_reported_within_seconds_and_so_is_its_recovery() {
+    let Some(client) = test_client("a_crashing_runtime_pod_is_reported_within_seconds").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let name = isvcs.create(&PostParams::default(), &fixture("minimal.yaml")).await.expect("created").name_any();
+        let selector = format!("app.kubernetes.io/instance={name}");
+        wait_for("a runtime pod", || async {
+            let n = pods.list(&ListParams::default().labels(&selector)).await.ok()?.items.len();
+            (n > 0).then_some(())
+        })
+        .await;
+        wait_for("Progressing, with the Deployment's pod counted", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Ready")?.1 == "Progressing" && i.status?.replicas == Some(1)).then_some(())
+        })
+        .await;
+        // Let the Deployment controller's status updates (each one a reconcile) die down, so
+        // that only the pod's change can make the operator notice the crash.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // The bound is 3 s; polled with room for a loaded machine, and well below any
+        // periodic requeue (there is none during a rollout now; it was 15 s).
+        let bound = Duration::from_secs(8);
+        assert!(crash_pods(&client, &ns, &name).await > 0);
+        let started = tokio::time::Instant::now();
+        let failed = loop {
+            let i = isvcs.get(&name).await.expect("get");
+            if let Some(c) = condition(&i, "Ready").filter(|c| c.1 == "ModelFailed") {
+                break c;
+            }
+            assert!(started.elapsed() < bound, "no ModelFailed {bound:?} after the pod crashed: {:?}", i.status);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        eprintln!("ModelFailed {:?} after the pod crashed", started.elapsed());
+        assert_eq!(failed.0, "False");
+        assert!(failed.2.contains("sha256 mismatch"), "{}", failed.2);
+
+        let started = tokio::time::Instant::now();
+        mark_deployment_ready(&client, &ns, &name).await;
+        eprintln!("Ready {:?} after the pod recovered", started.elapsed());
+        let i = isvcs.get(&name).await.unwrap();
+        assert_eq!(condition(&i, "Ready").unwrap().1, "Available");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn autoscaling_starts_at_min_replicas_and_keeps_them_through_the_hand_over() {
+    let Some(client) = test_client("autoscaling_starts_at_min_replicas").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let name =
+            isvcs.create(&PostParams::default(), &fixture("autoscaling.yaml")).await.expect("created").name_any();
+        let first = wait_for("the Deployment", || async { deployments.get_opt(&name).await.ok()? }).await;
+        assert_eq!(first.spec.unwrap().replicas, Some(2), "created with minReplicas");
+        // After the hand-over the operator's own apply no longer sets replicas, and they stay 2.
+        let d = wait_for("the hand-over of spec.replicas", || async {
+            let d = deployments.get(&name).await.ok()?;
+            let ours = d.metadata.managed_fields.iter().flatten().any(|m| {
+                m.manager.as_deref() == Some("kinfer-operator")
+                    && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+            });
+            (!ours).then_some(d)
+        })
+        .await;
+        assert_eq!(d.spec.unwrap().replicas, Some(2));
+        mark_deployment_ready(&client, &ns, &name).await;
+        let st = isvcs.get(&name).await.unwrap().status.unwrap();
+        assert_eq!(st.ready_replicas, Some(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ready_event_names_the_model_served_now() {
+    use k8s_openapi::api::events::v1::Event;
+    let Some(client) = test_client("a_ready_event_names_the_model_served_now").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let name = isvcs.create(&PostParams::default(), &fixture("minimal.yaml")).await.expect("created").name_any();
+        wait_for("the Deployment", || async { deployments.get_opt(&name).await.ok()? }).await;
+        mark_deployment_ready(&client, &ns, &name).await;
+        let new_uri = "s3://models/iris/2/model.onnx";
+        isvcs
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": {"uri": new_uri}}})))
+            .await
+            .expect("spec patched");
+        wait_for("Ready with reason Progressing", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Ready")?.1 == "Progressing").then_some(())
+        })
+        .await;
+        mark_deployment_ready(&client, &ns, &name).await;
+        let notes = wait_for("a Ready event about iris/2", || async {
+            let notes: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("Ready"))
+                .filter_map(|e| e.note)
+                .collect();
+            notes.iter().any(|n| n.contains(new_uri)).then_some(notes)
+        })
+        .await;
+        assert!(notes.iter().any(|n| n.contains("s3://models/iris/1/model.onnx")), "{notes:?}");
+    })
+    .await;
+}

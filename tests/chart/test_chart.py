@@ -20,6 +20,7 @@ NON_DEFAULT = {
     "replicaCount": 2,
     "logLevel": "debug",
     "logFormat": "text",
+    "concurrency": 64,
     "resources": {"requests": {"cpu": "200m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     "nodeSelector": {"kubernetes.io/os": "linux", "pool": "system"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],
@@ -160,6 +161,7 @@ def test_operator_deployment_defaults(render):
     assert env["KINFER_LEADER_ELECTION"]["value"] == "true"
     assert env["KINFER_WATCH_NAMESPACES"]["value"] == ""
     assert env["KINFER_LOG_LEVEL"]["value"] == "info"
+    assert env["KINFER_CONCURRENCY"]["value"] == "16"
     assert env["KINFER_HEALTH_ADDR"]["value"] == "0.0.0.0:8081"
     assert env["KINFER_LEASE_NAME"]["value"] == "kinfer-kinfer-operator"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -231,6 +233,7 @@ def test_non_default_values_reach_the_deployment(render):
     assert env["KINFER_RUNTIME_IMAGE"]["value"] == "registry.example/ml/kinfer-runtime:1.2.3"
     assert env["KINFER_LOG_LEVEL"]["value"] == "debug"
     assert env["KINFER_LOG_FORMAT"]["value"] == "text"
+    assert env["KINFER_CONCURRENCY"]["value"] == "64"
     assert c["resources"] == NON_DEFAULT["resources"]
     assert pod["nodeSelector"] == NON_DEFAULT["nodeSelector"]
     assert pod["tolerations"] == NON_DEFAULT["tolerations"]
