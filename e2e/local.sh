@@ -41,6 +41,17 @@ for img in "$RUNTIME_IMAGE" "$OPERATOR_IMAGE"; do
   podman image exists "$img" || die "image $img not found: run make image-test (or make images) first"
 done
 
+# kubelet evicts every pod and taints the node (DiskPressure) when the filesystem holding its state
+# has less than 15% of its size free (imagefs.available<15%): refuse to start rather than fail later.
+mkdir -p "$K8S_HOME"
+free_pct() { df -P "$K8S_HOME" | awk 'NR==2 {printf "%d", $4 * 100 / $2}'; }
+if [ "$(free_pct)" -lt 20 ]; then
+  echo "e2e-local: only $(free_pct)% of $(df -P "$K8S_HOME" | awk 'NR==2 {print $6}') free; removing dangling podman images" >&2
+  podman image prune -f >/dev/null 2>&1 || true
+fi
+[ "$(free_pct)" -ge 17 ] || die "only $(free_pct)% of the filesystem holding $K8S_HOME is free: kubelet evicts pods below 15% \
+(DiskPressure); free some space (old target/ folders, podman images) and run again"
+
 s3_pid=""
 K=()
 collect() {

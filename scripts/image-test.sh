@@ -67,6 +67,9 @@ report() {
   want operator && echo "image-test: image size: $OPERATOR_IMAGE $(size "$OPERATOR_IMAGE")"
   return 0
 }
+# The build stages' images are left dangling by each build (about 1.2 GB each); drop them so
+# repeated runs do not fill the disk (the cargo caches are mounts and stay).
+podman image prune -f >/dev/null 2>&1 || true
 if [ "${IMAGE_TEST_BUILD_ONLY:-0}" = 1 ]; then report; exit 0; fi
 
 # ---- static checks of both images ---------------------------------------------------------------
