@@ -83,9 +83,22 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
 }
 
+/// HTTP/2 streams in flight per connection (each is one call; KINFER_MAX_CONCURRENCY still caps
+/// the inference calls of all connections together).
+pub const H2_MAX_STREAMS: u32 = 256;
+/// Bytes of request headers per stream (HTTP/1's header limit is hyper's 100 headers / buffer).
+pub const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a client may open and reset before the server reads them (rapid reset).
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server resets for a client's protocol errors before closing the connection.
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 impl ConnLimits {
-    /// The HTTP settings of one lane. HTTP/2 limits (e.g. `max_concurrent_streams`,
-    /// `keep_alive_interval`) go here when gRPC needs them.
+    /// The HTTP settings of one lane. HTTP/2 (the gRPC port, and h2c on the REST port) gets
+    /// the limits Envoy and nginx set: streams per connection, a header-list cap, and a cap on
+    /// streams a client opens and resets at once (the "rapid reset" attack, CVE-2023-44487).
+    /// Idle and silent HTTP/2 connections are closed by the same watchdog as HTTP/1 (no
+    /// keep-alive PINGs from the server: they would keep an idle connection busy forever).
     fn builder(&self, lane: Lane) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -93,7 +106,12 @@ impl ConnLimits {
             // The watchdog applies the header deadline (see the module docs).
             .header_read_timeout(None)
             .keep_alive(lane == Lane::Normal);
-        b.http2().timer(TokioTimer::new());
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
         b
     }
 

@@ -525,3 +525,25 @@ async fn grpc_calls_land_in_the_request_log() {
     assert_eq!((e["protocol"].as_str(), e["status"].as_u64()), (Some("grpc"), Some(400)));
     assert!(e["error"].as_str().unwrap().contains("expected [-1, 30]"), "{e}");
 }
+
+/// The gRPC port announces HTTP/2 limits in its SETTINGS: streams per connection and the
+/// header-list cap (a client opening more streams waits; rapid resets are capped in hyper).
+#[tokio::test]
+async fn http2_settings_limit_streams_per_connection() {
+    let rt = runtime(model_path("iris").display().to_string()).arg("--model-name", "iris").ready().await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", rt.grpc_port)).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("h2 ready");
+    // The server's SETTINGS arrive with the first exchange.
+    let req = http::Request::post(format!("http://127.0.0.1:{}/grpc.health.v1.Health/Check", rt.grpc_port))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (resp, mut send) = client.send_request(req, false).expect("send");
+    send.send_data(vec![0u8, 0, 0, 0, 0].into(), true).expect("data");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(client.current_max_send_streams(), kinfer_runtime::listener::H2_MAX_STREAMS as usize);
+}
