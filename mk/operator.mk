@@ -19,9 +19,9 @@ test-operator-integration:
 
 # kinfer-operator at scale against a real control plane (docs/benchmarks.md, "Operator at scale"):
 # BENCH_N InferenceServices (default 1000), time to all children, reconciles/s, peak RSS, API
-# writes in a quiet minute. KINFER_BENCH_KUBECONFIG: kubeconfig of a control plane (shared/k8s/up.sh).
+# writes in a quiet minute. Against KINFER_BENCH_KUBECONFIG, or a control plane started from
+# ../shared/k8s for the run (scripts/bench-operator.sh).
 .PHONY: bench-operator
 bench-operator:
-	@test -n "$$KINFER_BENCH_KUBECONFIG" || { echo "set KINFER_BENCH_KUBECONFIG to the kubeconfig of a control plane"; exit 2; }
 	$(CARGO) build --release -p kinfer-operator --bin kinfer-operator
-	python3 benchmarks/operator_scale.py
+	scripts/bench-operator.sh
