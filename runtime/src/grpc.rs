@@ -511,28 +511,19 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let elapsed = start.elapsed();
     let message =
         error.as_ref().map(|e| e.message.clone()).or_else(|| status.as_ref().map(|s| s.message().to_string()));
-    if let (Some(log), true) = (&st.log, is_infer) {
-        let io = logged.lock().ok().and_then(|mut s| s.take());
-        if io.is_some() || (code != Code::Ok && log.sampled()) {
-            let (inputs, outputs) = match io {
-                Some((i, o)) => {
-                    (Some(i.into_iter().map(Into::into).collect()), Some(o.into_iter().map(Into::into).collect()))
-                }
-                None => (None, None),
-            };
-            log.submit(crate::requestlog::Record {
-                request_id: id.to_string(),
-                time: time::OffsetDateTime::now_utc(),
-                model: st.name.clone(),
-                version: st.version.clone(),
+    if is_infer {
+        crate::server::log_request(
+            &st,
+            &logged,
+            crate::server::RequestOutcome {
+                id: &id,
                 protocol: "grpc",
                 status: http,
-                latency_ms: elapsed.as_secs_f64() * 1000.0,
-                inputs,
-                outputs,
+                elapsed,
+                failed: code != Code::Ok,
                 error: message.clone(),
-            });
-        }
+            },
+        );
     }
     let latency_us = elapsed.as_micros() as u64;
     let protocol = if is_infer { "grpc" } else { "-" };

@@ -62,6 +62,42 @@ pub(crate) struct RequestCtx {
 /// Inputs and outputs of a sampled request, handed from `infer` to the request middleware.
 pub(crate) type LoggedIo = Arc<std::sync::Mutex<Option<(Vec<Tensor>, Vec<Tensor>)>>>;
 
+/// How an inference request ended, for its request-log record.
+pub(crate) struct RequestOutcome<'a> {
+    pub id: &'a str,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub elapsed: std::time::Duration,
+    pub failed: bool,
+    pub error: Option<String>,
+}
+
+/// Submits the request-log record of one inference request (both servers): every request whose
+/// inputs and outputs were captured (the sampled ones), and a sample of the failed ones.
+pub(crate) fn log_request(st: &AppState, logged: &LoggedIo, outcome: RequestOutcome<'_>) {
+    let Some(log) = &st.log else { return };
+    let io = logged.lock().ok().and_then(|mut s| s.take());
+    if io.is_none() && !(outcome.failed && log.sampled()) {
+        return;
+    }
+    let (inputs, outputs) = match io {
+        Some((i, o)) => (Some(i.into_iter().map(Into::into).collect()), Some(o.into_iter().map(Into::into).collect())),
+        None => (None, None),
+    };
+    log.submit(crate::requestlog::Record {
+        request_id: outcome.id.to_string(),
+        time: time::OffsetDateTime::now_utc(),
+        model: st.name.clone(),
+        version: st.version.clone(),
+        protocol: outcome.protocol,
+        status: outcome.status,
+        latency_ms: outcome.elapsed.as_secs_f64() * 1000.0,
+        inputs,
+        outputs,
+        error: outcome.error,
+    });
+}
+
 tokio::task_local! {
     pub(crate) static REQUEST: RequestCtx;
 }
@@ -467,28 +503,19 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         st.metrics.requests.with_label_values(&[model, protocol, &code]).inc();
         st.metrics.request_duration.with_label_values(&[model, protocol]).observe(elapsed.as_secs_f64());
     }
-    if let (Some(log), Some(protocol)) = (&st.log, protocol) {
-        let io = logged.lock().ok().and_then(|mut s| s.take());
-        if io.is_some() || (err.is_some() && log.sampled()) {
-            let (inputs, outputs) = match io {
-                Some((i, o)) => {
-                    (Some(i.into_iter().map(Into::into).collect()), Some(o.into_iter().map(Into::into).collect()))
-                }
-                None => (None, None),
-            };
-            log.submit(crate::requestlog::Record {
-                request_id: id.to_string(),
-                time: time::OffsetDateTime::now_utc(),
-                model: st.name.clone(),
-                version: st.version.clone(),
+    if let Some(protocol) = protocol {
+        log_request(
+            &st,
+            &logged,
+            RequestOutcome {
+                id: &id,
                 protocol,
                 status: resp.status().as_u16(),
-                latency_ms: elapsed.as_secs_f64() * 1000.0,
-                inputs,
-                outputs,
+                elapsed,
+                failed: err.is_some(),
                 error: err.as_ref().map(|e| e.message.clone()),
-            });
-        }
+            },
+        );
     }
     let latency_us = elapsed.as_micros() as u64;
     match &err {
