@@ -374,18 +374,7 @@ mod tests {
 
     use super::*;
 
-    fn iris() -> ModelInfo {
-        ModelInfo {
-            name: "iris".into(),
-            version: "1".into(),
-            inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::F32, shape: vec![-1, 4] }],
-            outputs: vec![
-                TensorSpec { name: "label".into(), datatype: DataType::I64, shape: vec![-1] },
-                TensorSpec { name: "probabilities".into(), datatype: DataType::F32, shape: vec![-1, 3] },
-            ],
-            class_labels: None,
-        }
-    }
+    use super::super::v2::tests::iris;
 
     const LIMITS: Limits = Limits { max_rows: 1000 };
 

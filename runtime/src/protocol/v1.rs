@@ -248,18 +248,12 @@ pub fn encode_predict(info: &ModelInfo, outputs: &[Tensor], n: usize, opts: Pred
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::TensorSpec, tensor::DataType};
 
+    /// Iris with its class names (V1 answers them as labels).
     fn iris() -> ModelInfo {
         ModelInfo {
-            name: "iris".into(),
-            version: "1".into(),
-            inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::F32, shape: vec![-1, 4] }],
-            outputs: vec![
-                TensorSpec { name: "label".into(), datatype: DataType::I64, shape: vec![-1] },
-                TensorSpec { name: "probabilities".into(), datatype: DataType::F32, shape: vec![-1, 3] },
-            ],
             class_labels: Some(vec!["setosa".into(), "versicolor".into(), "virginica".into()]),
+            ..super::super::v2::tests::iris()
         }
     }
     const LIMITS: Limits = Limits { max_rows: 3 };

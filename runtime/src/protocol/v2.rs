@@ -288,9 +288,10 @@ pub fn model_metadata(info: &ModelInfo) -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// The iris model's metadata (no class names), shared by the protocols' unit tests.
     pub(crate) fn iris() -> ModelInfo {
         ModelInfo {
             name: "iris".into(),
