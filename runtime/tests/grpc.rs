@@ -466,27 +466,6 @@ async fn grpc_port_zero_turns_grpc_off_and_rest_gets_the_compatibility_paths() {
     assert!(!stdout.contains("gRPC listening"), "{stdout}");
 }
 
-/// Every record in every `*.jsonl.gz` object under `dir`.
-fn log_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    use std::io::Read;
-    let mut records = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
-                let mut text = String::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_string(&mut text).unwrap();
-                records.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line")));
-            }
-        }
-    }
-    records
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_land_in_the_request_log() {
     let s3 = S3::start().await;
@@ -507,16 +486,7 @@ async fn grpc_calls_land_in_the_request_log() {
     bad.id = "grpc-logged-2".into();
     c.model_infer(bad).await.unwrap_err();
 
-    let dir = s3.root.path().join("logs");
-    let start = std::time::Instant::now();
-    let records = loop {
-        let r = log_records(&dir);
-        if r.len() >= 2 {
-            break r;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "only {} log records", r.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, records) = wait_for_records(&s3.root.path().join("logs"), 2, Duration::from_secs(10)).await;
     let r = records.iter().find(|r| r["request_id"] == "grpc-logged-1").expect("record of the call");
     assert_eq!((r["protocol"].as_str(), r["status"].as_u64()), (Some("grpc"), Some(200)));
     assert_eq!(r["inputs"][0]["shape"], serde_json::json!([2, 30]));

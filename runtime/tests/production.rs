@@ -3,47 +3,12 @@
 
 mod support;
 
-use std::{io::Read, path::Path, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
 
 const ROW: [f64; 4] = [5.1, 3.5, 1.4, 0.2];
-
-/// Every record in every `*.jsonl.gz` object under `dir`, with the object keys.
-fn read_log_objects(dir: &Path) -> (Vec<String>, Vec<Value>) {
-    let mut keys = Vec::new();
-    let mut records = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
-                keys.push(p.strip_prefix(dir).unwrap().to_string_lossy().to_string());
-                let mut text = String::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_string(&mut text).unwrap();
-                records.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).expect("JSON line")));
-            }
-        }
-    }
-    keys.sort();
-    (keys, records)
-}
-
-async fn wait_for_records(dir: &Path, n: usize, limit: Duration) -> (Vec<String>, Vec<Value>) {
-    let start = std::time::Instant::now();
-    loop {
-        let got = read_log_objects(dir);
-        if got.1.len() >= n {
-            return got;
-        }
-        assert!(start.elapsed() < limit, "only {} of {n} log records after {limit:?}", got.1.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn predict(rt: &Runtime) -> (u16, String) {
     let (s, _, h) = rt.post_json("/predict", &json!({"instances": [ROW]})).await;
