@@ -9,12 +9,12 @@
 //! requests (what `tritonclient.grpc` sends) get `raw_output_contents`, typed ones typed
 //! `contents`.
 
-use super::{Limits, check_inputs, shape_str, too_many_rows};
+use super::{Limits, check_inputs, input_header, shape_str, too_many_rows};
 use crate::{
     error::ApiError,
     image::{Pipeline, base64_image, is_jpeg_or_png},
     model::{ModelInfo, TensorSpec},
-    tensor::{DataType, Tensor, TensorData, element_count},
+    tensor::{DataType, Tensor, TensorData},
 };
 
 /// The code generated from `runtime/proto/grpc_predict_v2.proto` (package `inference`).
@@ -65,13 +65,7 @@ pub fn decode(
     let mut raw_contents = req.raw_input_contents.into_iter();
     let mut tensors = Vec::with_capacity(req.inputs.len());
     for (i, input) in req.inputs.into_iter().enumerate() {
-        let field = format!("inputs[{i}] ('{}')", input.name);
-        let dt = DataType::from_oip(&input.datatype).ok_or_else(|| {
-            let expected = info.input(&input.name).map(|(_, s)| s.datatype.oip_name()).unwrap_or("a tensor datatype");
-            ApiError::invalid(format!("{field}: datatype {:?} is not supported; expected {expected}", input.datatype))
-        })?;
-        let count = element_count(&input.shape)
-            .ok_or_else(|| ApiError::invalid(format!("{field}: shape {} is not valid", shape_str(&input.shape))))?;
+        let (field, dt, count) = input_header(info, i, &input.name, &input.datatype, &input.shape)?;
         let contents = input.contents.unwrap_or_default();
         let image = images.filter(|p| dt == DataType::Bytes && p.input == input.name);
         let tensor = match (raw_contents.next(), image) {

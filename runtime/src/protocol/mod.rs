@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer, ser::SerializeSeq};
 use crate::{
     error::ApiError,
     model::{ModelInfo, TensorSpec},
-    tensor::{Tensor, TensorData, element_count},
+    tensor::{DataType, Tensor, TensorData, element_count},
 };
 
 /// Limits applied while decoding.
@@ -83,6 +83,25 @@ fn check_one(spec: &TensorSpec, t: &Tensor, limits: Limits) -> Result<(), ApiErr
         return Err(too_many_rows(*rows as usize, limits.max_rows));
     }
     Ok(())
+}
+
+/// The header of the `i`-th request input, checked the same way on every protocol: its field
+/// name for messages (`inputs[i] ('name')`), its datatype, and its element count.
+pub fn input_header(
+    info: &ModelInfo,
+    i: usize,
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+) -> Result<(String, DataType, usize), ApiError> {
+    let field = format!("inputs[{i}] ('{name}')");
+    let dt = DataType::from_oip(datatype).ok_or_else(|| {
+        let expected = info.input(name).map(|(_, s)| s.datatype.oip_name()).unwrap_or("a tensor datatype");
+        ApiError::invalid(format!("{field}: datatype {datatype:?} is not supported; expected {expected}"))
+    })?;
+    let count = element_count(shape)
+        .ok_or_else(|| ApiError::invalid(format!("{field}: shape {} is not valid", shape_str(shape))))?;
+    Ok((field, dt, count))
 }
 
 pub fn too_many_rows(rows: usize, max: usize) -> ApiError {

@@ -4,11 +4,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Limits, check_inputs, shape_str};
+use super::{Limits, check_inputs, input_header, shape_str};
 use crate::{
     error::ApiError,
     model::{ModelInfo, TensorSpec},
-    tensor::{DataType, ShapeTracker, Tensor, TensorData, decode_json_into, element_count},
+    tensor::{ShapeTracker, Tensor, TensorData, decode_json_into},
 };
 
 /// The header naming the length of the JSON part of a body that carries binary tensors.
@@ -115,13 +115,7 @@ pub fn decode_with_images(
     }
     let mut tensors = Vec::with_capacity(req.inputs.len());
     for (i, input) in req.inputs.iter().enumerate() {
-        let field = format!("inputs[{i}] ('{}')", input.name);
-        let dt = DataType::from_oip(&input.datatype).ok_or_else(|| {
-            let expected = info.input(&input.name).map(|(_, s)| s.datatype.oip_name()).unwrap_or("a tensor datatype");
-            ApiError::invalid(format!("{field}: datatype {:?} is not supported; expected {expected}", input.datatype))
-        })?;
-        let count = element_count(&input.shape)
-            .ok_or_else(|| ApiError::invalid(format!("{field}: shape {} is not valid", shape_str(&input.shape))))?;
+        let (field, dt, count) = input_header(info, i, &input.name, &input.datatype, &input.shape)?;
         let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
         let data = match (binary_size, input.data) {
             (Some(size), _) => {
@@ -290,6 +284,7 @@ pub fn model_metadata(info: &ModelInfo) -> serde_json::Value {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::tensor::DataType;
 
     /// The iris model's metadata (no class names), shared by the protocols' unit tests.
     pub(crate) fn iris() -> ModelInfo {
