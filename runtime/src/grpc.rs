@@ -219,9 +219,9 @@ impl GrpcInferenceService for Inference {
         _: tonic::Request<pb::ServerMetadataRequest>,
     ) -> Result<tonic::Response<pb::ServerMetadataResponse>, Status> {
         Ok(tonic::Response::new(pb::ServerMetadataResponse {
-            name: "kinfer-runtime".into(),
+            name: crate::server::SERVER_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["binary_tensor_data".into()],
+            extensions: crate::server::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         }))
     }
 

@@ -163,6 +163,11 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
+/// The server's name and protocol extensions in its metadata (REST `/v2` and `/`, gRPC
+/// ServerMetadata).
+pub(crate) const SERVER_NAME: &str = "kinfer-runtime";
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+
 fn json_value(v: serde_json::Value) -> Response {
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }
@@ -170,9 +175,9 @@ fn json_value(v: serde_json::Value) -> Response {
 #[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, description = "Server metadata", body = crate::openapi::ServerMetadata)))]
 pub(crate) async fn server_metadata() -> Response {
     json_value(serde_json::json!({
-        "name": "kinfer-runtime",
+        "name": SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": EXTENSIONS,
     }))
 }
 
@@ -180,7 +185,7 @@ pub(crate) async fn server_metadata() -> Response {
 pub(crate) async fn root(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.name;
     json_value(serde_json::json!({
-        "name": "kinfer-runtime",
+        "name": SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
         "ready": st.is_ready(),
         "docs": "/docs",
