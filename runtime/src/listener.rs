@@ -20,9 +20,11 @@
 //! watchdog per connection applies both deadlines instead, from what the connection's reads and
 //! requests show ([`Activity`]).
 //!
-//! The layer serves any [`axum::Router`] (a tonic service can be mounted as one). HTTP/1.1 and
-//! HTTP/2 with prior knowledge are served, as `axum::serve` did; HTTP/2 settings (stream limits,
-//! keep-alive pings) belong in [`ConnLimits::builder`].
+//! The layer serves any [`axum::Router`]: the REST routes, and the gRPC services on their own
+//! port. HTTP/1.1 and HTTP/2 with prior knowledge are served, as `axum::serve` did; the HTTP/2
+//! limits (streams, header list, rapid reset) are set in [`ConnLimits::builder`]. The reserve's
+//! GET/HEAD-only rule is applied by the REST guard ([`crate::access::guard`]); on the gRPC port a
+//! reserve connection is served like any other, within the same count.
 
 use std::{
     future::Future,
