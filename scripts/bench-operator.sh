@@ -8,11 +8,10 @@ cd "$(dirname "$0")/.."
 KIT="${KINFER_K8S_KIT:-$PWD/../shared/k8s}"
 if [ -z "${KINFER_BENCH_KUBECONFIG:-}" ]; then
   [ -x "$KIT/up.sh" ] || { echo "bench-operator: set KINFER_BENCH_KUBECONFIG (no Kubernetes kit at $KIT)" >&2; exit 2; }
-  export K8S_HOME="${KINFER_BENCH_K8S_HOME:-$HOME/.cache/kinfer-bench-k8s}"
-  export K8S_API_PORT=36443 K8S_ETCD_PORT=32379 K8S_ETCD_PEER_PORT=32380 K8S_KCM_PORT=40257
-  trap '"$KIT/down.sh" --wipe >/dev/null 2>&1 || true' EXIT
-  KINFER_BENCH_KUBECONFIG="$("$KIT/up.sh")"
-  export KINFER_BENCH_KUBECONFIG
+  # shellcheck source=scripts/lib/control-plane.sh
+  . scripts/lib/control-plane.sh
+  start_control_plane "$KIT" "${KINFER_BENCH_K8S_HOME:-$HOME/.cache/kinfer-bench-k8s}" 36443 32379 32380 40257
+  export KINFER_BENCH_KUBECONFIG="$CONTROL_PLANE_KUBECONFIG"
   export KUBECTL="${KUBECTL:-$K8S_HOME/bin/kubectl}"
 fi
 python3 benchmarks/operator_scale.py

@@ -17,14 +17,12 @@ t0=$(date +%s)
 log() { echo "test-rust [$(( $(date +%s) - t0 ))s]: $*" >&2; }
 
 if [ -z "${KINFER_TEST_KUBECONFIG:-}" ] && [ -x "$KIT/up.sh" ]; then
-  export K8S_HOME="${KINFER_TEST_K8S_HOME:-$HOME/.cache/kinfer-test-k8s}"
-  export K8S_API_PORT="${KINFER_TEST_K8S_API_PORT:-26443}" K8S_ETCD_PORT=22379 K8S_ETCD_PEER_PORT=22380 \
-    K8S_KCM_PORT=30257
-  stop() { "$KIT/down.sh" --wipe >/dev/null 2>&1 || log "down.sh failed (state in $K8S_HOME)"; }
-  trap stop EXIT
-  log "starting a control plane for the operator's integration tests ($KIT/up.sh, K8S_HOME=$K8S_HOME)"
-  kubeconfig="$("$KIT/up.sh")"
-  export KINFER_TEST_KUBECONFIG="$kubeconfig"
+  log "starting a control plane for the operator's integration tests ($KIT/up.sh)"
+  # shellcheck source=scripts/lib/control-plane.sh
+  . scripts/lib/control-plane.sh
+  start_control_plane "$KIT" "${KINFER_TEST_K8S_HOME:-$HOME/.cache/kinfer-test-k8s}" \
+    "${KINFER_TEST_K8S_API_PORT:-26443}" 22379 22380 30257
+  export KINFER_TEST_KUBECONFIG="$CONTROL_PLANE_KUBECONFIG"
   log "control plane up: KINFER_TEST_KUBECONFIG=$KINFER_TEST_KUBECONFIG"
 elif [ -z "${KINFER_TEST_KUBECONFIG:-}" ]; then
   log "no Kubernetes kit at $KIT and KINFER_TEST_KUBECONFIG unset: the operator's integration tests will skip"
