@@ -8,7 +8,9 @@
 #
 # Arguments are cargo test's (default: --workspace --all-targets).
 # Env: KINFER_TEST_KUBECONFIG (use that cluster instead), KINFER_K8S_KIT (the kit's folder),
-# KINFER_TEST_K8S_HOME (the control plane's state; default ~/.cache/kinfer-test-k8s).
+# KINFER_TEST_K8S_HOME (the control plane's state; default ~/.cache/kinfer-test-k8s),
+# KINFER_TEST_K8S_{API,ETCD,ETCD_PEER,KCM}_PORT (default 26443, 22379, 22380, 30257; set them to run
+# two of these at once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
@@ -21,7 +23,8 @@ if [ -z "${KINFER_TEST_KUBECONFIG:-}" ] && [ -x "$KIT/up.sh" ]; then
   # shellcheck source=scripts/lib/control-plane.sh
   . scripts/lib/control-plane.sh
   start_control_plane "$KIT" "${KINFER_TEST_K8S_HOME:-$HOME/.cache/kinfer-test-k8s}" \
-    "${KINFER_TEST_K8S_API_PORT:-26443}" 22379 22380 30257
+    "${KINFER_TEST_K8S_API_PORT:-26443}" "${KINFER_TEST_K8S_ETCD_PORT:-22379}" \
+    "${KINFER_TEST_K8S_ETCD_PEER_PORT:-22380}" "${KINFER_TEST_K8S_KCM_PORT:-30257}"
   export KINFER_TEST_KUBECONFIG="$CONTROL_PLANE_KUBECONFIG"
   log "control plane up: KINFER_TEST_KUBECONFIG=$KINFER_TEST_KUBECONFIG"
 elif [ -z "${KINFER_TEST_KUBECONFIG:-}" ]; then
