@@ -601,6 +601,60 @@ mod tests {
     }
 
     #[test]
+    fn canary_specs_are_checked_and_the_canary_runtime_derived() {
+        use crate::fixtures::fixture;
+        let cfg = OperatorConfig::default();
+        let v = validate(&fixture("canary.yaml"), &cfg).unwrap();
+        let c = v.canary.as_ref().expect("canary");
+        assert_eq!(v.track, Track::Stable);
+        assert_eq!((c.service.name.as_str(), c.service.track), ("fraud-canary", Track::Canary));
+        assert_eq!((c.service.model_name.as_str(), c.model().version.as_str()), ("fraud", "4"));
+        assert_eq!(c.service.scaling, Scaling::Fixed(1));
+        assert!(c.service.spec.canary.is_none() && c.service.spec.autoscaling.is_none());
+        assert_eq!(c.service.spec.limits, v.spec.limits, "everything but the model as stable");
+
+        type Mutation = Box<dyn Fn(&mut InferenceService)>;
+        let canary = |f: fn(&mut crate::crd::CanarySpec)| -> Mutation {
+            Box::new(move |i: &mut InferenceService| f(i.spec.canary.as_mut().unwrap()))
+        };
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("spec.canary.model is required", canary(|c| c.model = None)),
+            ("spec.canary.trafficPercent 101 must be between 0 and 100", canary(|c| c.traffic_percent = Some(101))),
+            ("spec.canary.trafficPercent is required with mode: split", canary(|c| c.traffic_percent = None)),
+            (
+                "does not apply to mode: shadow",
+                canary(|c| c.mode = crate::crd::CanaryMode::Shadow),
+            ),
+            ("spec.canary.sampleRate applies only to mode: shadow", canary(|c| c.sample_rate = Some(0.5))),
+            (
+                "spec.canary.model must differ from spec.model",
+                canary(|c| {
+                    let m = c.model.as_mut().unwrap();
+                    m.uri = "s3://models/fraud/3/model.onnx".into();
+                    m.version = "3".into();
+                }),
+            ),
+            (
+                "spec.canary.model.name \"fraud-v4\" must be unset or equal to the stable model's name \"fraud\"",
+                canary(|c| c.model.as_mut().unwrap().name = Some("fraud-v4".into())),
+            ),
+            ("spec.canary.model.uri", canary(|c| c.model.as_mut().unwrap().uri = "file:///m.onnx".into())),
+            ("spec.canary.stickyHeader", canary(|c| c.sticky_header = Some("x user".into()))),
+            ("spec.canary.replicas 0 must be between 1 and 100", canary(|c| c.replicas = Some(0))),
+            ("too long for a canary", Box::new(|i| i.metadata.name = Some(format!("f{}", "r".repeat(56))))),
+        ];
+        for (needle, mutate) in cases {
+            let mut isvc = fixture("canary.yaml");
+            mutate(&mut isvc);
+            let err = validate(&isvc, &cfg).expect_err(needle);
+            assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+        }
+        let mut isvc = fixture("canary.yaml");
+        isvc.metadata.name = Some(format!("f{}", "r".repeat(55)));
+        validate(&isvc, &cfg).expect("56 characters leave room for -canary");
+    }
+
+    #[test]
     fn dns_labels() {
         assert!(is_dns1035_label("fraud-v2"));
         assert!(!is_dns1035_label("2fraud"));
