@@ -13,7 +13,7 @@
 //! | `KINFER_E2E_S3_ENDPOINT` | `http://s3.kinfer-s3.svc.cluster.local:9000` | S3-compatible endpoint as the pods see it (kind.sh passes the Service's cluster IP, so no cluster DNS is needed) |
 //! | `KINFER_E2E_S3_ACCESS_KEY` / `KINFER_E2E_S3_SECRET_KEY` | the demo store's keys | credentials, put into a Secret in each test namespace |
 //! | `KINFER_E2E_S3_REGION` | `us-east-1` | region |
-//! | `KINFER_E2E_MODEL_BUCKET` | `models` | bucket holding `iris/1/`, `iris/2/`, `iris/broken/`, `tabular/1/`, `mlp/1/` (`model.onnx` each), as `examples/kind/upload-models-job.yaml` makes it |
+//! | `KINFER_E2E_MODEL_BUCKET` | `models` | bucket holding `iris/1/`, `iris/2/`, `iris/broken/`, `tabular/1/`, `tabular/2/`, `mlp/1/` (`model.onnx` each), as `examples/kind/upload-models-job.yaml` makes it |
 //! | `KINFER_E2E_LOG_BUCKET` | `inference-logs` | bucket for request logging |
 //! | `KINFER_E2E_READY_TIMEOUT` | `300` | seconds an InferenceService may take to become Ready |
 //! | `KINFER_E2E_POD_SECURITY` | `restricted` | Pod Security Standard enforced on the test namespaces |

@@ -187,6 +187,10 @@ pub struct InferenceServiceSpec {
     {
         "rule": "self.mode == 'shadow' || !has(self.sampleRate)",
         "message": "spec.canary.sampleRate applies only to mode: shadow"
+    },
+    {
+        "rule": "self.mode == 'split' || !has(self.stickyHeader)",
+        "message": "spec.canary.stickyHeader applies only to mode: split"
     }
 ]))]
 pub struct CanarySpec {
@@ -207,9 +211,10 @@ pub struct CanarySpec {
     #[serde(default)]
     pub mode: CanaryMode,
 
-    /// Request header whose value picks the version (A/B tests): the same value always goes
-    /// to the same version, e.g. `x-user-id`. Requests without it are split at random.
-    /// Unset: every request is split at random.
+    /// `split` only: request header whose value picks the version (A/B tests): the same value
+    /// always goes to the same version, on every pod, e.g. `x-user-id`
+    /// (`KINFER_CANARY_STICKY_HEADER`). Requests without it are split at random. Unset: every
+    /// request is split at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"))]
     pub sticky_header: Option<String>,
@@ -224,8 +229,8 @@ pub struct CanarySpec {
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<i32>,
 
-    /// Longest time a stable pod waits for the canary's answer, in milliseconds
-    /// (`KINFER_CANARY_TIMEOUT_MS`). Unset: the runtime's default.
+    /// Longest time a stable pod waits for the canary's answer before answering the request
+    /// itself, in milliseconds (`KINFER_CANARY_TIMEOUT_MS`). Unset: the runtime's default (2000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600000))]
     pub timeout_millis: Option<i64>,
@@ -1072,6 +1077,9 @@ mod tests {
         assert!(err.contains("spec.canary.trafficPercent is required with mode: split"), "{err}");
         v["spec"]["canary"]["mode"] = "shadow".into();
         v["spec"]["canary"]["sampleRate"] = 0.5.into();
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("spec.canary.stickyHeader applies only to mode: split"), "{err}");
+        v["spec"]["canary"].as_object_mut().unwrap().remove("stickyHeader");
         validator.validate(&schema, &v, None).unwrap();
         v["spec"]["canary"]["mode"] = "split".into();
         v["spec"]["canary"]["trafficPercent"] = 5.into();

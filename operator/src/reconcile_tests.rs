@@ -750,7 +750,8 @@ mod canary {
         assert_eq!((owner.name.as_str(), owner.controller), ("fraud", Some(true)));
 
         // Neither the stable Deployment nor the user-facing Service selects the canary's pods.
-        let canary_pod_labels = canary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        let canary_pod_labels =
+            canary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
         assert_eq!(canary_pod_labels[ISVC_LABEL], "fraud");
         assert_eq!(canary_pod_labels[TRACK_LABEL], "canary");
         let stable_service: Service = h.get(&paths::service("fraud")).unwrap();
@@ -793,7 +794,10 @@ mod canary {
         assert_eq!((c.traffic_percent, c.mode.as_deref(), c.ready_replicas), (Some(10), Some("split"), Some(1)));
         assert_eq!(h.condition(READY).0, "True", "the stable model is Ready");
         let notes = h.event_notes("CanaryTraffic");
-        assert_eq!(notes.last().map(String::as_str), Some("canary version 4: traffic none → 10% split (sticky x-user-id)"));
+        assert_eq!(
+            notes.last().map(String::as_str),
+            Some("canary version 4: traffic none → 10% split (sticky x-user-id)")
+        );
 
         // The canary's pods restart: the stable pods keep their routing (no rollout back and forth).
         let stable_generation = h.deployment().metadata.generation;
@@ -815,7 +819,11 @@ mod canary {
         h.roll_out();
         h.reconcile().await.unwrap();
         assert_eq!(h.canary_status().traffic_percent, Some(50));
-        assert!(h.event_notes("CanaryTraffic").iter().any(|n| n.ends_with("10% split (sticky x-user-id) → 50% split (sticky x-user-id)")));
+        assert!(
+            h.event_notes("CanaryTraffic")
+                .iter()
+                .any(|n| n.ends_with("10% split (sticky x-user-id) → 50% split (sticky x-user-id)"))
+        );
 
         // Shadow: every answer from stable, a sample copied.
         h.update_spec(|i| {
@@ -944,8 +952,8 @@ mod canary {
 
     #[test]
     fn canary_spec_round_trips_with_defaults() {
-        let c: CanarySpec = serde_json::from_value(json!({"model": {"uri": "s3://m/a/b.onnx"}, "trafficPercent": 5}))
-            .unwrap();
+        let c: CanarySpec =
+            serde_json::from_value(json!({"model": {"uri": "s3://m/a/b.onnx"}, "trafficPercent": 5})).unwrap();
         assert_eq!(c.mode, crate::crd::CanaryMode::Split);
         assert_eq!(c.model.unwrap().version, "1");
     }

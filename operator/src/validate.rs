@@ -312,10 +312,13 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
             return Err(format!("spec.canary.sampleRate {r} must be between 0 and 1"));
         }
     }
-    if let Some(h) = &c.sticky_header
-        && (h.is_empty() || !h.bytes().all(is_header_name_byte))
-    {
-        return Err(format!("spec.canary.stickyHeader {h:?} must be an HTTP header name"));
+    if let Some(h) = &c.sticky_header {
+        if h.is_empty() || !h.bytes().all(is_header_name_byte) {
+            return Err(format!("spec.canary.stickyHeader {h:?} must be an HTTP header name"));
+        }
+        if c.mode != CanaryMode::Split {
+            return Err("spec.canary.stickyHeader applies only to mode: split".into());
+        }
     }
     let replicas = c.replicas.unwrap_or(1);
     if !(1..=100).contains(&replicas) {
@@ -621,10 +624,7 @@ mod tests {
             ("spec.canary.model is required", canary(|c| c.model = None)),
             ("spec.canary.trafficPercent 101 must be between 0 and 100", canary(|c| c.traffic_percent = Some(101))),
             ("spec.canary.trafficPercent is required with mode: split", canary(|c| c.traffic_percent = None)),
-            (
-                "does not apply to mode: shadow",
-                canary(|c| c.mode = crate::crd::CanaryMode::Shadow),
-            ),
+            ("does not apply to mode: shadow", canary(|c| c.mode = crate::crd::CanaryMode::Shadow)),
             ("spec.canary.sampleRate applies only to mode: shadow", canary(|c| c.sample_rate = Some(0.5))),
             (
                 "spec.canary.model must differ from spec.model",
