@@ -3,6 +3,7 @@
 //! service (with gRPC health and reflection) on a second one.
 
 pub mod access;
+pub mod canary;
 pub mod classes;
 pub mod config;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod openapi;
 pub mod protocol;
 pub mod requestlog;
 pub mod server;
+pub mod shadow;
 pub mod store;
 pub mod tensor;
 
