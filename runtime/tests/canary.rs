@@ -409,3 +409,116 @@ async fn bad_canary_settings_are_refused_naming_the_variable() {
         assert!(err.contains(var), "{env:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_copies_are_compared_and_logged_beside_stable_records() {
+    let s3 = S3::start().await;
+    s3.bucket("logs");
+    let canary = candidate(&[]).await;
+    let stable = s3
+        .runtime(&iris(), ACCESS_KEY, SECRET_KEY)
+        .arg("--model-name", "iris")
+        .arg("--log-uri", "s3://logs/audit/")
+        .arg("--log-flush-interval-ms", "200")
+        .env("KINFER_CANARY_URL", &canary.base)
+        .env("KINFER_CANARY_MODE", "shadow")
+        .env("KINFER_CANARY_VERSION", "2")
+        .ready()
+        .await;
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = format!("shadow-v2-{i}");
+        let (s, v, body) = infer(&c, &stable, &[("x-request-id", &id)]).await;
+        assert_eq!((s, v.as_str()), (200, "1"), "stable answers in shadow mode: {body}");
+        assert_eq!(body["model_version"], "1");
+        ids.push((id, "v2"));
+    }
+    for i in 0..5 {
+        let id = format!("shadow-v1-{i}");
+        let r = c
+            .post(stable.url("/v1/models/iris:predict"))
+            .header("x-request-id", &id)
+            .json(&json!({"instances": [[6.9, 3.1, 5.4, 2.1]]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["x-kinfer-model-version"].to_str().unwrap()), (200, "1"));
+        ids.push((id, "v1"));
+    }
+    let mut g = GrpcInferenceServiceClient::connect(stable.grpc_url()).await.expect("connect");
+    for i in 0..5 {
+        let id = format!("shadow-grpc-{i}");
+        let mut req = tonic::Request::new(grpc_request());
+        req.metadata_mut().insert("x-request-id", id.parse().unwrap());
+        let r = g.model_infer(req).await.expect("call");
+        assert_eq!(r.get_ref().model_version, "1");
+        ids.push((id, "grpc"));
+    }
+    let dir = s3.root.path().join("logs");
+    let (_, records) = wait_for_records(&dir, 2 * ids.len(), Duration::from_secs(20)).await;
+    for (id, protocol) in &ids {
+        let mine: Vec<&Value> = records.iter().filter(|r| r["request_id"] == id.as_str()).collect();
+        let stable_rec = mine.iter().find(|r| r["protocol"] == *protocol).unwrap_or_else(|| panic!("{id}: {mine:?}"));
+        let shadow_rec = mine.iter().find(|r| r["protocol"] == "shadow").unwrap_or_else(|| panic!("{id}: {mine:?}"));
+        assert_eq!((&stable_rec["version"], &shadow_rec["version"]), (&json!("1"), &json!("2")), "{id}");
+        assert_eq!(shadow_rec["status"], 200, "{shadow_rec}");
+        assert!(shadow_rec.get("inputs").is_none(), "inputs are in stable's record: {shadow_rec}");
+        for (a, b) in stable_rec["outputs"].as_array().unwrap().iter().zip(shadow_rec["outputs"].as_array().unwrap()) {
+            assert_eq!((&a["name"], &a["datatype"], &a["shape"]), (&b["name"], &b["datatype"], &b["shape"]), "{id}");
+            assert_close(&b["data"], &a["data"], id);
+        }
+    }
+    let n = ids.len() as f64;
+    let m = stable.metrics().await;
+    assert_eq!(metric(&m, "kinfer_shadow_requests_total"), n, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_agreement_total{output="label",result="same"}"#), n, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_agreement_total{output="label",result="different"}"#), 0.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_abs_diff_count{output="probabilities"}"#), n, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_abs_diff_bucket{output="probabilities",le="0"}"#), n, "same model: {m}");
+    assert_eq!(metric(&m, "kinfer_shadow_dropped_total"), 0.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_or_hanging_shadow_canary_costs_stable_nothing() {
+    let dead = runtime(iris())
+        .arg("--model-name", "iris")
+        .env("KINFER_CANARY_URL", format!("http://127.0.0.1:{}", free_port()))
+        .env("KINFER_CANARY_MODE", "shadow")
+        .ready()
+        .await;
+    let c = client();
+    for _ in 0..50 {
+        let (s, v, _) = infer(&c, &dead, &[]).await;
+        assert_eq!((s, v.as_str()), (200, "1"));
+    }
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = dead.metrics().await;
+        if metric(&m, r#"kinfer_shadow_failures_total{reason="unreachable"}"#) == 50.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&m, r#"kinfer_shadow_failures_total{reason="unreachable"}"#), 50.0, "{m}");
+
+    // A candidate that holds every copy: the queue fills and further copies are dropped, counted.
+    let mode = Arc::new(AtomicU8::new(Misbehave::Hang as u8));
+    let hanging = runtime(iris())
+        .arg("--model-name", "iris")
+        .env("KINFER_LOG", "warn")
+        .env("KINFER_CANARY_URL", bad_candidate(mode).await)
+        .env("KINFER_CANARY_MODE", "shadow")
+        .env("KINFER_CANARY_SHADOW_QUEUE", "4")
+        .env("KINFER_CANARY_TIMEOUT_MS", "20000")
+        .ready()
+        .await;
+    for _ in 0..150 {
+        let (s, v, _) = infer(&c, &hanging, &[]).await;
+        assert_eq!((s, v.as_str()), (200, "1"));
+    }
+    let m = hanging.metrics().await;
+    // At most 64 copies in flight, one held by the sender and 4 queued: the rest are dropped.
+    let (sent, dropped) = (metric(&m, "kinfer_shadow_requests_total"), metric(&m, "kinfer_shadow_dropped_total"));
+    assert!(sent <= 64.0 && dropped >= 150.0 - 64.0 - 1.0 - 4.0 && dropped < 150.0, "{m}");
+}
