@@ -247,19 +247,22 @@ pub struct CanaryMetrics {
 }
 
 impl CanaryMetrics {
-    fn new(m: &crate::metrics::Metrics) -> Result<CanaryMetrics, prometheus::Error> {
+    /// `model`: the served model, a constant label (as on the other per-model series).
+    fn new(m: &crate::metrics::Metrics, model: &str) -> Result<CanaryMetrics, prometheus::Error> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "kinfer_canary_requests_total",
                 "Inference requests by the side the split sent them to (stable pods): stable or canary",
-            ),
+            )
+            .const_label("model", model),
             &["route"],
         )?;
         let fallbacks = IntCounterVec::new(
             Opts::new(
                 "kinfer_canary_fallbacks_total",
                 "Requests routed to the canary but served by stable: unreachable, timeout, not_ready, server_error",
-            ),
+            )
+            .const_label("model", model),
             &["reason"],
         )?;
         for r in [Route::Stable, Route::Canary] {
@@ -313,7 +316,7 @@ impl Canary {
             }
             None => None,
         };
-        let cm = CanaryMetrics::new(metrics).map_err(|e| format!("cannot register canary metrics: {e}"))?;
+        let cm = CanaryMetrics::new(metrics, model).map_err(|e| format!("cannot register canary metrics: {e}"))?;
         let shadow = match settings.mode {
             Mode::Shadow { sample_rate, queue } => Some(crate::shadow::Shadow::start(
                 crate::shadow::ShadowConfig {
@@ -325,6 +328,7 @@ impl Canary {
                 },
                 http.clone(),
                 metrics,
+                model,
             )?),
             Mode::Split { .. } => None,
         };

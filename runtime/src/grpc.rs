@@ -436,9 +436,10 @@ impl InFlight {
         self.done = true;
         let m = &self.st.metrics;
         m.in_flight.dec();
-        let model = if status == 404 { "unknown" } else { self.st.name.as_str() };
-        m.requests.with_label_values(&[model, "grpc", &status.to_string()]).inc();
-        m.request_duration.with_label_values(&[model, "grpc"]).observe(self.start.elapsed().as_secs_f64());
+        let (model, version) =
+            if status == 404 { ("unknown", "unknown") } else { (self.st.name.as_str(), self.st.version.as_str()) };
+        m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
+        m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
 }
 

@@ -82,7 +82,7 @@ pub async fn load_model(
     let images = images.resolve(&mut info).map_err(Fatal)?;
     let _ = state.image.set(images);
     let info = Arc::new(info);
-    let hist = metrics::ModelHistograms::new(&state.metrics, &info.name);
+    let hist = metrics::ModelHistograms::new(&state.metrics, &info.name, &info.version);
     let batch = engine::BatchConfig {
         max_batch_size: cfg.max_batch_size.max(1),
         max_delay: Duration::from_micros(cfg.max_batch_delay_us),

@@ -521,10 +521,14 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         st.metrics.in_flight.dec();
     }
     if let Some(protocol) = protocol.filter(|_| !by_canary) {
-        let model = if resp.status() == StatusCode::NOT_FOUND { "unknown" } else { st.name.as_str() };
+        let (model, version) = if resp.status() == StatusCode::NOT_FOUND {
+            ("unknown", "unknown")
+        } else {
+            (st.name.as_str(), st.version.as_str())
+        };
         let code = resp.status().as_u16().to_string();
-        st.metrics.requests.with_label_values(&[model, protocol, &code]).inc();
-        st.metrics.request_duration.with_label_values(&[model, protocol]).observe(elapsed.as_secs_f64());
+        st.metrics.requests.with_label_values(&[model, version, protocol, &code]).inc();
+        st.metrics.request_duration.with_label_values(&[model, version, protocol]).observe(elapsed.as_secs_f64());
     }
     if let Some(protocol) = protocol {
         log_request(

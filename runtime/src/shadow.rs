@@ -67,23 +67,30 @@ pub struct ShadowMetrics {
 const FAILURE_REASONS: [&str; 5] = ["unreachable", "timeout", "status", "invalid_response", "incomparable"];
 
 impl ShadowMetrics {
-    fn new(m: &crate::metrics::Metrics) -> Result<ShadowMetrics, prometheus::Error> {
-        let sent = IntCounter::new("kinfer_shadow_requests_total", "Shadow copies sent to the canary")?;
-        let dropped =
-            IntCounter::new("kinfer_shadow_dropped_total", "Shadow copies dropped because the shadow queue was full")?;
+    /// `model`: the served model, a constant label (as on the other per-model series).
+    fn new(m: &crate::metrics::Metrics, model: &str) -> Result<ShadowMetrics, prometheus::Error> {
+        let sent = IntCounter::with_opts(
+            Opts::new("kinfer_shadow_requests_total", "Shadow copies sent to the canary").const_label("model", model),
+        )?;
+        let dropped = IntCounter::with_opts(
+            Opts::new("kinfer_shadow_dropped_total", "Shadow copies dropped because the shadow queue was full")
+                .const_label("model", model),
+        )?;
         let failures = IntCounterVec::new(
             Opts::new(
                 "kinfer_shadow_failures_total",
                 "Shadow copies without a comparison: unreachable, timeout, status (canary answered non-200), \
                  invalid_response, incomparable (outputs missing or of another shape)",
-            ),
+            )
+            .const_label("model", model),
             &["reason"],
         )?;
         let agreement = IntCounterVec::new(
             Opts::new(
                 "kinfer_shadow_agreement_total",
                 "Label outputs (BYTES, integer, BOOL) of shadow copies: same when every element matches stable's",
-            ),
+            )
+            .const_label("model", model),
             &["output", "result"],
         )?;
         let abs_diff = HistogramVec::new(
@@ -91,6 +98,7 @@ impl ShadowMetrics {
                 "kinfer_shadow_abs_diff",
                 "Floating-point outputs of shadow copies: maximum absolute difference from stable per request",
             )
+            .const_label("model", model)
             .buckets(DIFF_BUCKETS.to_vec()),
             &["output"],
         )?;
@@ -160,8 +168,9 @@ impl Shadow {
         cfg: ShadowConfig,
         http: reqwest::Client,
         metrics: &crate::metrics::Metrics,
+        model: &str,
     ) -> Result<Shadow, String> {
-        let sm = ShadowMetrics::new(metrics).map_err(|e| format!("cannot register shadow metrics: {e}"))?;
+        let sm = ShadowMetrics::new(metrics, model).map_err(|e| format!("cannot register shadow metrics: {e}"))?;
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let sample_rate = cfg.sample_rate;
         tokio::spawn(run(rx, Arc::new(Sender { cfg, http, metrics: sm.clone() })));

@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "../../tests/observability/queries.rs"]
+mod queries;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -107,7 +110,10 @@ async fn split_share_sticky_keys_forced_routes_and_version_on_every_protocol() {
     // Auth applies on stable before any forwarding: the candidate never sees the request.
     let (s, v, _) = infer(&c, &stable, &[("x-kinfer-route", "canary")]).await;
     assert_eq!((s, v.as_str()), (401, "1"));
-    assert_eq!(metric(&canary.metrics().await, r#"kinfer_requests_total{code="401",model="iris",protocol="v2"}"#), 0.0);
+    assert_eq!(
+        metric(&canary.metrics().await, r#"kinfer_requests_total{code="401",model="iris",protocol="v2",version="2"}"#),
+        0.0
+    );
 
     // 2,000 requests without a sticky key: the canary's share is 20% within 5 sigma.
     let n = 2000usize;
@@ -248,16 +254,18 @@ async fn split_share_sticky_keys_forced_routes_and_version_on_every_protocol() {
     // Stable's metrics: routing decisions by side, no fallbacks, and the candidate's answers
     // counted by the candidate only.
     let m = stable.metrics().await;
-    let routed = metric(&m, r#"kinfer_canary_requests_total{route="canary"}"#);
+    let routed = metric(&m, r#"kinfer_canary_requests_total{model="iris",route="canary"}"#);
     assert!(routed >= to_canary as f64 + answers["2"] as f64, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_canary_fallbacks_total{reason="unreachable"}"#), 0.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_canary_fallbacks_total{model="iris",reason="unreachable"}"#), 0.0, "{m}");
     let cm = canary.metrics().await;
     assert!(
-        metric(&cm, r#"kinfer_requests_total{code="200",model="iris",protocol="v2"}"#) >= answers["2"] as f64,
+        metric(&cm, r#"kinfer_requests_total{code="200",model="iris",protocol="v2",version="2"}"#)
+            >= answers["2"] as f64,
         "{cm}"
     );
     assert!(
-        metric(&cm, r#"kinfer_requests_total{code="200",model="iris",protocol="grpc"}"#) >= to_canary as f64,
+        metric(&cm, r#"kinfer_requests_total{code="200",model="iris",protocol="grpc",version="2"}"#)
+            >= to_canary as f64,
         "{cm}"
     );
 }
@@ -354,7 +362,11 @@ async fn a_down_slow_or_failing_canary_never_fails_a_request() {
             assert_eq!(body["outputs"][0]["data"], json!([0]), "{reason}");
         }
         let m = stable.metrics().await;
-        assert_eq!(metric(&m, &format!(r#"kinfer_canary_fallbacks_total{{reason="{reason}"}}"#)), n as f64, "{m}");
+        assert_eq!(
+            metric(&m, &format!(r#"kinfer_canary_fallbacks_total{{model="iris",reason="{reason}"}}"#)),
+            n as f64,
+            "{m}"
+        );
     }
     // A dead port: nothing listens at all.
     let dead = runtime(iris())
@@ -368,8 +380,8 @@ async fn a_down_slow_or_failing_canary_never_fails_a_request() {
         assert_eq!((s, v.as_str()), (200, "1"));
     }
     let m = dead.metrics().await;
-    assert_eq!(metric(&m, r#"kinfer_canary_fallbacks_total{reason="unreachable"}"#), 20.0, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_requests_total{code="200",model="iris",protocol="v2"}"#), 20.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_canary_fallbacks_total{model="iris",reason="unreachable"}"#), 20.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_requests_total{code="200",model="iris",protocol="v2",version="1"}"#), 20.0, "{m}");
 
     // gRPC to a dead canary port: served by stable.
     let mut g = GrpcInferenceServiceClient::connect(stable.grpc_url()).await.expect("connect");
@@ -381,7 +393,7 @@ async fn a_down_slow_or_failing_canary_never_fails_a_request() {
         assert_eq!(r.metadata().get("x-kinfer-model-version").unwrap(), "1");
     }
     let m = stable.metrics().await;
-    assert_eq!(metric(&m, r#"kinfer_canary_fallbacks_total{reason="unreachable"}"#), 30.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_canary_fallbacks_total{model="iris",reason="unreachable"}"#), 30.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,12 +483,40 @@ async fn shadow_copies_are_compared_and_logged_beside_stable_records() {
     }
     let n = ids.len() as f64;
     let m = stable.metrics().await;
-    assert_eq!(metric(&m, "kinfer_shadow_requests_total"), n, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_shadow_agreement_total{output="label",result="same"}"#), n, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_shadow_agreement_total{output="label",result="different"}"#), 0.0, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_shadow_abs_diff_count{output="probabilities"}"#), n, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_shadow_abs_diff_bucket{output="probabilities",le="0"}"#), n, "same model: {m}");
-    assert_eq!(metric(&m, "kinfer_shadow_dropped_total"), 0.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_requests_total{model="iris"}"#), n, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_agreement_total{model="iris",output="label",result="same"}"#), n, "{m}");
+    assert_eq!(
+        metric(&m, r#"kinfer_shadow_agreement_total{model="iris",output="label",result="different"}"#),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, r#"kinfer_shadow_abs_diff_count{model="iris",output="probabilities"}"#), n, "{m}");
+    assert_eq!(
+        metric(&m, r#"kinfer_shadow_abs_diff_bucket{model="iris",output="probabilities",le="0"}"#),
+        n,
+        "same model: {m}"
+    );
+    assert_eq!(metric(&m, r#"kinfer_shadow_dropped_total{model="iris"}"#), 0.0, "{m}");
+
+    // The chart's canary panels and alert name only series and labels this runtime exports
+    // (tests/observability.rs checks the rest against a runtime without a canary).
+    let scrape = queries::Scrape::parse(&m);
+    let canary_metric = |n: &str| n.starts_with("kinfer_canary_") || n.starts_with("kinfer_shadow_");
+    let dashboard = queries::check(&queries::dashboard_queries(), &scrape, canary_metric);
+    let rules = queries::check(&queries::rule_queries(), &scrape, canary_metric);
+    let problems: Vec<&String> = dashboard.problems.iter().chain(&rules.problems).collect();
+    assert!(problems.is_empty(), "the dashboard or the rules name what the runtime does not export:\n{problems:#?}");
+    for name in [
+        "kinfer_canary_requests_total",
+        "kinfer_canary_fallbacks_total",
+        "kinfer_shadow_agreement_total",
+        "kinfer_shadow_abs_diff_bucket",
+        "kinfer_shadow_dropped_total",
+        "kinfer_shadow_failures_total",
+    ] {
+        assert!(dashboard.checked.contains(name), "no dashboard panel uses {name}: {:?}", dashboard.checked);
+    }
+    assert!(rules.checked.contains("kinfer_canary_fallbacks_total"), "{:?}", rules.checked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -495,12 +535,12 @@ async fn a_dead_or_hanging_shadow_canary_costs_stable_nothing() {
     let mut m = String::new();
     for _ in 0..100 {
         m = dead.metrics().await;
-        if metric(&m, r#"kinfer_shadow_failures_total{reason="unreachable"}"#) == 50.0 {
+        if metric(&m, r#"kinfer_shadow_failures_total{model="iris",reason="unreachable"}"#) == 50.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric(&m, r#"kinfer_shadow_failures_total{reason="unreachable"}"#), 50.0, "{m}");
+    assert_eq!(metric(&m, r#"kinfer_shadow_failures_total{model="iris",reason="unreachable"}"#), 50.0, "{m}");
 
     // A candidate that holds every copy: the queue fills and further copies are dropped, counted.
     let mode = Arc::new(AtomicU8::new(Misbehave::Hang as u8));
@@ -519,6 +559,9 @@ async fn a_dead_or_hanging_shadow_canary_costs_stable_nothing() {
     }
     let m = hanging.metrics().await;
     // At most 64 copies in flight, one held by the sender and 4 queued: the rest are dropped.
-    let (sent, dropped) = (metric(&m, "kinfer_shadow_requests_total"), metric(&m, "kinfer_shadow_dropped_total"));
+    let (sent, dropped) = (
+        metric(&m, r#"kinfer_shadow_requests_total{model="iris"}"#),
+        metric(&m, r#"kinfer_shadow_dropped_total{model="iris"}"#),
+    );
     assert!(sent <= 64.0 && dropped >= 150.0 - 64.0 - 1.0 - 4.0 && dropped < 150.0, "{m}");
 }
