@@ -180,8 +180,24 @@ def test_dashboard_covers_what_issue_12_asks_for():
         "kinfer_model_load_duration_seconds",
     ):
         assert needle in exprs, needle
-    # The version label exists only on kinfer_model_ready: the readiness panel shows it.
+    # Readiness by version, and the A/B comparison of a canary (issue 13): rate, errors and
+    # latency by version, routing, fallbacks and shadow agreement.
     assert any("by (model, version)" in t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+
+
+def test_dashboard_compares_versions_and_shows_the_canary():
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    exprs = "\n".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    for needle in (
+        "sum by (model, version) (rate(kinfer_requests_total",
+        "histogram_quantile(0.99, sum by (le, model, version) (rate(kinfer_request_duration_seconds_bucket",
+        "kinfer_canary_requests_total",
+        "kinfer_canary_fallbacks_total",
+        'kinfer_shadow_agreement_total{namespace=~"$namespace", model=~"$model", result="same"}',
+        "kinfer_shadow_abs_diff_bucket",
+        "kinfer_shadow_dropped_total",
+    ):
+        assert needle in exprs, needle
 
 
 # ---------------------------------------------------------------- PodMonitor
@@ -255,6 +271,7 @@ EXPECTED_ALERTS = {
     "latencyP99": "KinferHighLatencyP99",
     "modelNotReady": "KinferModelNotReady",
     "requestLogDrops": "KinferRequestLogDropping",
+    "canaryFallbacks": "KinferCanaryFallingBack",
     "reconcileErrors": "KinferOperatorReconcileErrors",
 }
 
