@@ -154,7 +154,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     };
 
     let old = isvc.status.clone().unwrap_or_default();
-    let (applied, canary_deployment) = match apply_all(ctx, &valid).await {
+    let (mut applied, canary_deployment) = match apply_all(ctx, &valid).await {
         Ok(a) => a,
         Err(Error::InvalidSpec(message)) => {
             refuse(isvc, &isvcs, ctx, &message).await?;
@@ -166,7 +166,6 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         }
         Err(e) => return Err(e),
     };
-    let mut applied = applied;
 
     let min_available = valid.min_available();
     let stable_rolled_out = is_rolled_out(&applied.deployment, min_available);
@@ -431,11 +430,11 @@ async fn canary_events(
     new: &InferenceServiceStatus,
 ) {
     let traffic = |s: &InferenceServiceStatus| s.canary.as_ref().and_then(|c| c.traffic.clone());
+    let before = traffic(old).unwrap_or_else(|| "none".into());
     if let Some(c) = &new.canary
-        && traffic(old) != traffic(new)
         && let Some(now) = traffic(new)
+        && now != before
     {
-        let before = traffic(old).unwrap_or_else(|| "none".into());
         let note = format!("canary version {}: traffic {before} → {now}", c.version.as_deref().unwrap_or("?"),);
         ctx.publish(isvc, EventType::Normal, "CanaryTraffic", "Route", note).await;
     }

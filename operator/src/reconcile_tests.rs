@@ -794,10 +794,7 @@ mod canary {
         assert_eq!((c.traffic_percent, c.mode.as_deref(), c.ready_replicas), (Some(10), Some("split"), Some(1)));
         assert_eq!(h.condition(READY).0, "True", "the stable model is Ready");
         let notes = h.event_notes("CanaryTraffic");
-        assert_eq!(
-            notes.last().map(String::as_str),
-            Some("canary version 4: traffic none → 10% split (sticky x-user-id)")
-        );
+        assert_eq!(notes, ["canary version 4: traffic none → 10% split (sticky x-user-id)"], "one event per change");
 
         // The canary's pods restart: the stable pods keep their routing (no rollout back and forth).
         let stable_generation = h.deployment().metadata.generation;
