@@ -207,7 +207,16 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             EventType::Normal,
             reason,
             "Apply",
-            format!("applied {} for generation {}", applied.kinds.join(", "), isvc.metadata.generation.unwrap_or(0)),
+            format!(
+                "applied {}{} for generation {}",
+                applied.kinds.join(", "),
+                if applied.canary_kinds.is_empty() || valid.canary.is_none() {
+                    String::new()
+                } else {
+                    format!(" and the canary's {}", applied.canary_kinds.join(", "))
+                },
+                isvc.metadata.generation.unwrap_or(0)
+            ),
         )
         .await;
     }
@@ -233,7 +242,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     }
     canary_events(ctx, isvc, &old, &status).await;
 
-    ctx.metrics.set_managed(&key(isvc), Some(applied.kinds.clone()));
+    ctx.metrics.set_managed(&key(isvc), Some([applied.kinds.clone(), applied.canary_kinds.clone()].concat()));
     debug!(isvc = %key(isvc), ?rollout, "reconciled");
     // No shorter requeue while a rollout is under way: the watches on the Deployments and on
     // the runtime pods trigger a reconcile on every change of either.
@@ -277,8 +286,10 @@ async fn patch_status_if_changed(
 pub struct Applied {
     /// The Deployment as the API server returned it (with its current status).
     pub deployment: Deployment,
-    /// Kinds of the children that exist now.
+    /// Kinds of the stable children that exist now.
     pub kinds: Vec<&'static str>,
+    /// Kinds of the canary's children that exist now (`<name>-canary`).
+    pub canary_kinds: Vec<&'static str>,
     /// Kind and name of the children deleted because they are no longer wanted.
     pub deleted: Vec<(&'static str, String)>,
 }
@@ -311,7 +322,7 @@ async fn apply_all(ctx: &Context, isvc: &ValidatedService) -> Result<(Applied, O
     };
     let mut applied = apply(ctx, isvc, build(isvc, routing)).await?;
     if canary_deployment.is_some() {
-        applied.kinds.extend(["Service", "Deployment"]);
+        applied.canary_kinds.extend(["Service", "Deployment"]);
     }
     Ok((applied, canary_deployment))
 }
@@ -405,11 +416,11 @@ async fn retire_canary(
         Vec::new()
     };
     if !may_retire(stable_rolled_out, &stable_pods) {
-        if deployment.is_some() {
-            applied.kinds.push("Deployment");
-        }
         if service.is_some() {
-            applied.kinds.push("Service");
+            applied.canary_kinds.push("Service");
+        }
+        if deployment.is_some() {
+            applied.canary_kinds.push("Deployment");
         }
         return Ok(deployment);
     }
@@ -508,7 +519,7 @@ pub async fn apply(ctx: &Context, isvc: &ValidatedService, children: Children) -
     if pdb_deleted {
         deleted.push(("PodDisruptionBudget", isvc.name.clone()));
     }
-    Ok(Applied { deployment, kinds, deleted })
+    Ok(Applied { deployment, kinds, canary_kinds: Vec::new(), deleted })
 }
 
 fn hash_of<K: Serialize>(obj: &K) -> u64 {

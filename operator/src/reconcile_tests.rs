@@ -767,6 +767,12 @@ mod canary {
 
         // Not available yet: no routing, status says so.
         assert_eq!(h.env("KINFER_CANARY_URL"), None, "no request goes to a canary that has not loaded");
+        assert_eq!(
+            h.event_notes("Created"),
+            ["applied Service, Deployment, PodDisruptionBudget and the canary's Service, Deployment for generation 1"]
+        );
+        let managed = h.ctx.metrics.render();
+        assert!(managed.contains("kinfer_operator_managed_resources{kind=\"Deployment\"} 2"), "{managed}");
         let (status, reason, message) = h.condition(CANARY);
         assert_eq!((status.as_str(), reason.as_str()), ("False", "CanaryNotReady"), "{message}");
         let c = h.canary_status();
