@@ -160,6 +160,8 @@ struct Call {
     deadline: Option<Instant>,
     /// The error the handler answered with (for the access and request logs).
     error: Option<ApiError>,
+    /// The model and version that served the call (metrics, access and request logs).
+    model: Option<(String, String)>,
 }
 
 type SharedCall = Arc<Mutex<Call>>;
@@ -207,7 +209,7 @@ impl GrpcInferenceService for Inference {
         let call = Self::call(&req);
         let m = req.get_ref();
         let ready = match self.st.engine(&m.name, version(&m.version)) {
-            Ok(_) => self.st.is_ready(),
+            Ok(_) => !self.st.shutting_down.load(std::sync::atomic::Ordering::Acquire),
             Err(e) if e.code == ErrorCode::ModelNotReady => false,
             Err(e) => return Err(fail(call.as_ref(), e)),
         };
@@ -262,12 +264,13 @@ impl Inference {
         if let Some(c) = call
             && let Ok(mut c) = c.lock()
         {
+            c.model = Some((engine.spec.name.clone(), engine.spec.version.clone()));
             if !c.id_from_header && !msg.id.is_empty() && msg.id.len() <= 200 {
                 c.id = Arc::from(msg.id.as_str());
             }
             deadline = c.deadline;
         }
-        let pipeline = st.image.get().and_then(|s| s.pipeline.clone());
+        let pipeline = engine.image.pipeline.clone();
         let req = match pipeline {
             None => codec::decode(msg, &engine.info, st.limits, None)?,
             Some(p) => {
@@ -286,7 +289,7 @@ impl Inference {
             (a, b) => a.or(b),
         };
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
-        let outputs = crate::server::infer(st, engine, req.inputs, timeout_ms).await?;
+        let outputs = crate::server::infer(st, &engine, req.inputs, timeout_ms).await?;
         Ok(codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw))
     }
 }
@@ -352,6 +355,8 @@ fn http_equivalent(code: Code, error: Option<&ApiError>) -> u16 {
 /// is dropped): then it is 504 when its deadline had passed, else 499 (client closed).
 struct InFlight {
     st: Arc<AppState>,
+    /// The model that served the call, once known.
+    model: Option<(String, String)>,
     start: Instant,
     deadline: Option<Instant>,
     done: bool,
@@ -360,7 +365,7 @@ struct InFlight {
 impl InFlight {
     fn new(st: Arc<AppState>, deadline: Option<Instant>) -> InFlight {
         st.metrics.in_flight.inc();
-        InFlight { st, start: Instant::now(), deadline, done: false }
+        InFlight { st, model: None, start: Instant::now(), deadline, done: false }
     }
 
     fn finish(&mut self, status: u16) {
@@ -370,7 +375,10 @@ impl InFlight {
         self.done = true;
         let m = &self.st.metrics;
         m.in_flight.dec();
-        let model = if status == 404 { "unknown" } else { self.st.name.as_str() };
+        let model = match &self.model {
+            Some((name, _)) if status != 404 => name.as_str(),
+            _ => "unknown",
+        };
         m.requests.with_label_values(&[model, "grpc", &status.to_string()]).inc();
         m.request_duration.with_label_values(&[model, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
@@ -410,7 +418,7 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
     let mut in_flight = is_infer.then(|| InFlight::new(st.clone(), deadline));
-    let call: SharedCall = Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None }));
+    let call: SharedCall = Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None, model: None }));
     let logged: crate::server::LoggedIo = Arc::new(Mutex::new(None));
 
     // Auth and the rate limit, then (inference) the whole message within the body deadline, and
@@ -496,16 +504,18 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         resp = Status::unimplemented(message.clone()).into_http::<axum::body::Body>();
         status = Some(Status::unimplemented(message));
     }
-    let (id, error) = match call.lock() {
-        Ok(mut c) => (c.id.clone(), c.error.take()),
-        Err(_) => (id, None),
+    let (id, error, served) = match call.lock() {
+        Ok(mut c) => (c.id.clone(), c.error.take(), c.model.take()),
+        Err(_) => (id, None, None),
     };
+    let (model, version) = served.clone().unwrap_or_else(|| ("unknown".into(), String::new()));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let code = status.as_ref().map_or(Code::Ok, Status::code);
     let http = http_equivalent(code, error.as_ref());
     if let Some(f) = in_flight.as_mut() {
+        f.model = served;
         f.finish(http);
     }
     let elapsed = start.elapsed();
@@ -517,6 +527,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
             &logged,
             crate::server::RequestOutcome {
                 id: &id,
+                model: &model,
+                version: &version,
                 protocol: "grpc",
                 status: http,
                 elapsed,
@@ -530,13 +542,13 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let grpc_code = format!("{code:?}");
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
             protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (Some(m), _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
             protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (None, _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
             protocol, status = http, grpc_code, latency_us, "request"),
     }
     resp

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the runtime (`GET /metrics`, text format).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
@@ -17,7 +17,7 @@ pub struct Metrics {
     pub queue_duration: HistogramVec,
     pub batch_size: HistogramVec,
     pub in_flight: IntGauge,
-    pub model_load_duration: Gauge,
+    pub model_load_duration: GaugeVec,
     pub model_ready: GaugeVec,
     pub connections_open: IntGauge,
     pub connections_accepted: IntCounter,
@@ -56,8 +56,10 @@ impl Metrics {
             &["model"],
         )?;
         let in_flight = IntGauge::new("kinfer_requests_in_flight", "Inference requests being served")?;
-        let model_load_duration =
-            Gauge::new("kinfer_model_load_duration_seconds", "Time to fetch, load and warm up the model")?;
+        let model_load_duration = GaugeVec::new(
+            Opts::new("kinfer_model_load_duration_seconds", "Time to fetch, load and warm up each model version"),
+            &["model", "version"],
+        )?;
         let model_ready = GaugeVec::new(
             Opts::new("kinfer_model_ready", "1 when the model is loaded and warmed up"),
             &["model", "version"],
