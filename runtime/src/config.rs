@@ -242,7 +242,9 @@ impl Config {
                 version: self.model_version.clone(),
                 sha256: self.model_sha256.clone().filter(|s| !s.is_empty()),
             }]),
-            (None, Some(json), None) => crate::registry::parse_models(json, false).map_err(|e| format!("KINFER_MODELS: {e}")),
+            (None, Some(json), None) => {
+                crate::registry::parse_models(json, false).map_err(|e| format!("KINFER_MODELS: {e}"))
+            }
             (None, None, Some(path)) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("KINFER_MODELS_FILE: cannot read {}: {e}", path.display()))?;

@@ -418,7 +418,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
     let mut in_flight = is_infer.then(|| InFlight::new(st.clone(), deadline));
-    let call: SharedCall = Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None, model: None }));
+    let call: SharedCall =
+        Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None, model: None }));
     let logged: crate::server::LoggedIo = Arc::new(Mutex::new(None));
 
     // Auth and the rate limit, then (inference) the whole message within the body deadline, and

@@ -65,7 +65,9 @@ struct RawSpec {
 pub fn parse_models(text: &str, yaml: bool) -> Result<Vec<ModelSpec>, String> {
     let raw: Vec<RawSpec> = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) if !yaml => return Err(format!("not a JSON array of {{\"name\", \"uri\", \"version\", \"sha256\"}}: {e}")),
+        Err(e) if !yaml => {
+            return Err(format!("not a JSON array of {{\"name\", \"uri\", \"version\", \"sha256\"}}: {e}"));
+        }
         Err(_) => serde_yaml::from_str(text)
             .map_err(|e| format!("not a JSON or YAML list of {{name, uri, version, sha256}}: {e}"))?,
     };
@@ -170,8 +172,7 @@ impl Loader {
         tracing::info!(model = %spec.name, sessions = sessions_wanted, intra_threads = intra, "session layout");
         let (env, s) = (self.env.clone(), spec.clone());
         let (sessions, mut info) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read model file {}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read model file {}: {e}", path.display()))?;
             let so = model::SessionOptions { intra_threads: intra };
             let mut sessions = Vec::with_capacity(sessions_wanted);
             for _ in 0..sessions_wanted {
@@ -270,7 +271,13 @@ impl Registry {
                 .specs
                 .push(spec);
         }
-        Registry { entries: RwLock::new(entries), control, loader: OnceLock::new(), changing: Default::default(), metrics }
+        Registry {
+            entries: RwLock::new(entries),
+            control,
+            loader: OnceLock::new(),
+            changing: Default::default(),
+            metrics,
+        }
     }
 
     /// Sets the loader (once, before [`Registry::load_all`]).
@@ -441,9 +448,12 @@ impl Registry {
     /// them one by one); otherwise they replace what the name served.
     fn install(&self, name: &str, new: Vec<Arc<Served>>, add: bool) {
         let mut map = self.write();
-        let entry = map
-            .entry(name.to_string())
-            .or_insert_with(|| Entry { specs: vec![], served: vec![], state: State::Loading, reason: None });
+        let entry = map.entry(name.to_string()).or_insert_with(|| Entry {
+            specs: vec![],
+            served: vec![],
+            state: State::Loading,
+            reason: None,
+        });
         let old = if add { vec![] } else { std::mem::take(&mut entry.served) };
         if !add {
             entry.specs = new.iter().map(|s| s.spec.clone()).collect();
@@ -589,7 +599,15 @@ mod tests {
     fn model_lists_are_checked_naming_the_entry() {
         let ok = parse_models(r#"[{"name":"iris","uri":"s3://b/iris/1/model.onnx","version":"1","sha256":""}]"#, false)
             .unwrap();
-        assert_eq!(ok[0], ModelSpec { name: "iris".into(), uri: "s3://b/iris/1/model.onnx".into(), version: "1".into(), sha256: None });
+        assert_eq!(
+            ok[0],
+            ModelSpec {
+                name: "iris".into(),
+                uri: "s3://b/iris/1/model.onnx".into(),
+                version: "1".into(),
+                sha256: None
+            }
+        );
         let yaml = "- name: iris\n  uri: /m/iris.onnx\n  version: 2\n- uri: /m/tabular.onnx\n";
         let y = parse_models(yaml, true).unwrap();
         assert_eq!((y[0].version.as_str(), y[1].name.as_str()), ("2", "tabular"));
@@ -613,7 +631,8 @@ mod tests {
 
     fn registry(control: ModelControl) -> Registry {
         let m = Arc::new(Metrics::new().unwrap());
-        let specs = parse_models(r#"[{"name":"iris","uri":"/i.onnx"},{"name":"tabular","uri":"/t.onnx"}]"#, false).unwrap();
+        let specs =
+            parse_models(r#"[{"name":"iris","uri":"/i.onnx"},{"name":"tabular","uri":"/t.onnx"}]"#, false).unwrap();
         Registry::new(specs, control, m)
     }
 

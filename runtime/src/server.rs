@@ -425,7 +425,8 @@ pub(crate) async fn predict(
     let n = rows_of(&inputs);
     let outputs = infer(&st, &engine, inputs, q.timeout_ms).await?;
     if q.threshold.is_none()
-        && let Some(body) = crate::image::encode_predict(Some(&engine.image), &engine.info, &outputs, n, files.as_deref())
+        && let Some(body) =
+            crate::image::encode_predict(Some(&engine.image), &engine.info, &outputs, n, files.as_deref())
     {
         return Ok(json(StatusCode::OK, body));
     }
