@@ -79,11 +79,45 @@ pub const SHORT_NAME: &str = "kisvc";
     {
         "rule": "!(has(self.replicas) && has(self.autoscaling))",
         "message": "set either spec.replicas or spec.autoscaling, not both"
+    },
+    {
+        "rule": "!(has(self.model) && has(self.models))",
+        "message": "set either spec.model (one model) or spec.models (several), not both"
+    },
+    {
+        "rule": "has(self.model) || has(self.models)",
+        "message": "set spec.model (one model) or spec.models (several models in one Deployment)"
     }
 ]))]
 pub struct InferenceServiceSpec {
-    /// The model to serve.
-    pub model: ModelSpec,
+    /// The model to serve. Exactly one of `model` and `models` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+
+    /// Several models served by the same pods (small models packed into one Deployment), each
+    /// with the fields of `model` and a `name` (required, unique). Every protocol addresses them
+    /// by name; all share the pods' resources, image and request settings, and one `storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "size(self) > 0",
+            "message": "spec.models must list at least one model"
+        },
+        {
+            "rule": "self.all(m, has(m.name))",
+            "message": "every entry of spec.models needs a name"
+        },
+        {
+            "rule": "self.all(m, !has(m.name) || self.filter(n, has(n.name) && n.name == m.name).size() == 1)",
+            "message": "spec.models names must be unique"
+        },
+        {
+            "rule": "self.all(m, has(m.storage) == has(self[0].storage) && (!has(m.storage) || m.storage == self[0].storage))",
+            "message": "every entry of spec.models must have the same storage (the pods have one set of S3 settings)"
+        }
+    ]))]
+    pub models: Option<Vec<ModelSpec>>,
 
     /// Fixed number of runtime pods. Mutually exclusive with `autoscaling`; when neither is set
     /// one pod runs. 0 stops serving but keeps the Service.
@@ -649,9 +683,15 @@ pub struct InferenceServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
-    /// Model uri served by the ready pods of the last complete rollout.
+    /// Model uri served by the ready pods of the last complete rollout (with `spec.models`, the
+    /// uris comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_uri: Option<String>,
+
+    /// Each model of the current spec: whether the ready pods serve it, and the runtime's load
+    /// error when it failed to load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelStatus>,
 
     /// Runtime pods (all versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -677,6 +717,34 @@ fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     obj.insert("x-kubernetes-list-type".into(), "map".into());
     obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
+}
+
+/// The status of one model of `spec.model` / `spec.models`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// The name it is served under.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its uri.
+    pub uri: String,
+    /// True when every wanted pod of the current spec serves it.
+    pub ready: bool,
+    /// Why it does not serve: the runtime's load error, when a pod reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl InferenceServiceSpec {
+    /// The models to serve: `spec.model`, or the entries of `spec.models`.
+    pub fn model_list(&self) -> Vec<&ModelSpec> {
+        match (&self.model, &self.models) {
+            (Some(m), _) => vec![m],
+            (None, Some(list)) => list.iter().collect(),
+            (None, None) => vec![],
+        }
+    }
 }
 
 impl InferenceService {
@@ -987,9 +1055,9 @@ mod tests {
         )
         .unwrap();
         let s = &isvc.spec;
-        assert_eq!(s.model.version, "1");
-        assert_eq!(s.model.format, ModelFormat::Onnx);
-        let r = s.model.storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
+        assert_eq!(s.model.as_ref().unwrap().version, "1");
+        assert_eq!(s.model.as_ref().unwrap().format, ModelFormat::Onnx);
+        let r = s.model.as_ref().unwrap().storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
         assert_eq!(r.access_key_id_key, "AWS_ACCESS_KEY_ID");
         assert_eq!(r.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
         let a = s.autoscaling.as_ref().unwrap();

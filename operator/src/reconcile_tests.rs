@@ -221,7 +221,7 @@ async fn model_uri_update_rolls_the_deployment_while_old_pods_keep_serving() {
     let ready_since = h.isvc().condition(READY).unwrap().last_transition_time.clone();
     let old_hash = h.deployment().spec.unwrap().template.metadata.unwrap().labels.unwrap()[TEMPLATE_HASH_LABEL].clone();
 
-    h.update_spec(|i| i.spec.model.uri = "s3://models/iris/2/model.onnx".into());
+    h.update_spec(|i| i.spec.model.as_mut().unwrap().uri = "s3://models/iris/2/model.onnx".into());
     h.reconcile().await.unwrap();
     let d = h.deployment();
     assert_eq!(d.metadata.generation, Some(2), "pod template changed");
@@ -405,7 +405,7 @@ async fn each_event_says_what_happened_this_time() {
     h.reconcile().await.unwrap();
     h.roll_out();
     h.reconcile().await.unwrap();
-    h.update_spec(|i| i.spec.model.uri = "s3://models/iris/2/model.onnx".into());
+    h.update_spec(|i| i.spec.model.as_mut().unwrap().uri = "s3://models/iris/2/model.onnx".into());
     h.reconcile().await.unwrap();
     h.roll_out();
     h.reconcile().await.unwrap();

@@ -509,6 +509,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         Ok(mut c) => (c.id.clone(), c.error.take(), c.model.take()),
         Err(_) => (id, None, None),
     };
+    // A call refused before its message was read names no model: with one, it is that one.
+    let served = served.or_else(|| st.models.only());
     let (model, version) = served.clone().unwrap_or_else(|| ("unknown".into(), String::new()));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);

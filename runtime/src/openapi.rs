@@ -146,11 +146,12 @@ pub struct ModelLinks {
     /// READY, LOADING or UNAVAILABLE (as in `POST /v2/repository/index`).
     #[schema(example = "READY")]
     state: String,
-    #[schema(example = "/v2/models/iris/versions/1")]
+    /// With several versions of one name, the links name the version.
+    #[schema(example = "/v2/models/iris")]
     metadata: String,
-    #[schema(example = "/v2/models/iris/versions/1/ready")]
+    #[schema(example = "/v2/models/iris/ready")]
     ready: String,
-    #[schema(example = "/v2/models/iris/versions/1/infer")]
+    #[schema(example = "/v2/models/iris/infer")]
     infer: String,
     #[schema(example = "/v1/models/iris:predict")]
     predict: String,

@@ -373,6 +373,19 @@ impl Registry {
         Some((name.to_string(), version))
     }
 
+    /// The only model name and its default version, when exactly one name is listed: what a
+    /// request is counted under before its model is known (e.g. refused by auth on gRPC).
+    pub fn only(&self) -> Option<(String, String)> {
+        let map = self.read();
+        if map.len() != 1 {
+            return None;
+        }
+        let (name, e) = map.iter().next()?;
+        let version =
+            e.served.last().map(|s| s.spec.version.clone()).or_else(|| e.specs.last().map(|s| s.version.clone()))?;
+        Some((name.clone(), version))
+    }
+
     /// Ready when every model that is not unloaded serves (and at least one does).
     pub fn all_ready(&self) -> bool {
         let map = self.read();

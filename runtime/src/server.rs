@@ -181,19 +181,24 @@ pub(crate) async fn server_metadata() -> Response {
 
 #[utoipa::path(get, path = "/", tag = "health", responses((status = 200, description = "Server name and version, the served models, and links to the docs and each model's endpoints", body = crate::openapi::ServerIndex)))]
 pub(crate) async fn root(State(st): State<Arc<AppState>>) -> Response {
-    let models: Vec<serde_json::Value> = st
-        .models
-        .index(false)
-        .into_iter()
+    let rows = st.models.index(false);
+    let models: Vec<serde_json::Value> = rows
+        .iter()
         .map(|r| {
-            let (m, v) = (&r.name, &r.version);
+            let m = &r.name;
+            // The version in the links only where the name has several.
+            let base = if rows.iter().filter(|o| &o.name == m).count() > 1 {
+                format!("/v2/models/{m}/versions/{}", r.version)
+            } else {
+                format!("/v2/models/{m}")
+            };
             serde_json::json!({
                 "name": m,
-                "version": v,
+                "version": r.version,
                 "state": r.state,
-                "metadata": format!("/v2/models/{m}/versions/{v}"),
-                "ready": format!("/v2/models/{m}/versions/{v}/ready"),
-                "infer": format!("/v2/models/{m}/versions/{v}/infer"),
+                "metadata": base,
+                "ready": format!("{base}/ready"),
+                "infer": format!("{base}/infer"),
                 "predict": format!("/v1/models/{m}:predict"),
             })
         })

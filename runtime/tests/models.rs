@@ -134,7 +134,7 @@ async fn two_models_are_served_together_on_every_protocol() {
     let (_, root) = rt.get_json("/").await;
     let names: Vec<&str> = root["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["iris", "tabular"]);
-    assert_eq!(root["models"][1]["infer"], "/v2/models/tabular/versions/3/infer");
+    assert_eq!(root["models"][1]["infer"], "/v2/models/tabular/infer");
     let (s, index, _) = rt.post_json("/v2/repository/index", &json!({})).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -210,6 +210,9 @@ async fn two_versions_of_one_model_are_addressed_by_version() {
     let (s, body, _) = rt.post_json("/v2/models/iris/versions/3/infer", &v2_request("iris")).await;
     assert_eq!(s, 404);
     assert!(body["error"].as_str().unwrap().contains("serves versions '1', '2'"), "{body}");
+    let (_, root) = rt.get_json("/").await;
+    assert_eq!(root["models"][0]["infer"], "/v2/models/iris/versions/1/infer");
+    assert_eq!(root["models"][1]["infer"], "/v2/models/iris/versions/2/infer");
     let m = rt.metrics().await;
     assert!(m.contains(r#"kinfer_model_ready{model="iris",version="1"} 1"#), "{m}");
     assert!(m.contains(r#"kinfer_model_ready{model="iris",version="2"} 1"#), "{m}");

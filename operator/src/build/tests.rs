@@ -331,7 +331,7 @@ fn template_hash_follows_the_pod_template_not_the_replica_count() {
     let mut b = a.clone();
     b.spec.replicas = Some(4);
     let mut c = a.clone();
-    c.spec.model.uri = "s3://models/iris/2/model.onnx".into();
+    c.spec.model.as_mut().unwrap().uri = "s3://models/iris/2/model.onnx".into();
     assert_eq!(hash(&a), hash(&a));
     assert_eq!(hash(&a), hash(&b));
     assert_ne!(hash(&a), hash(&c));
