@@ -910,7 +910,7 @@ mod tests {
     fn cel_rules_accept_valid_fixtures_and_refuse_invalid_ones_with_their_message() {
         let validator = kube::core::cel::Validator::new();
         let schema = schema();
-        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml"] {
+        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "two-models.yaml"] {
             if let Err(e) = validator.validate(&schema, &fixture_value(ok), None) {
                 panic!("{ok} refused: {e}");
             }
@@ -922,6 +922,12 @@ mod tests {
             ),
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+            ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
+            ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
+            ("invalid-empty-models.yaml", "spec.models must list at least one model"),
+            ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
+            ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
+            ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
         ] {
             let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
             assert!(err.contains(message), "{file}: {err}");
