@@ -109,7 +109,7 @@ pub struct InferenceServiceSpec {
             "message": "every entry of spec.models needs a name"
         },
         {
-            "rule": "self.all(m, !has(m.name) || self.filter(n, has(n.name) && n.name == m.name).size() == 1)",
+            "rule": "self.all(m, !has(m.name) || self.exists_one(n, has(n.name) && n.name == m.name))",
             "message": "spec.models names must be unique"
         },
         {
@@ -212,7 +212,7 @@ pub struct ModelSpec {
     /// Name the model is served under (`/v2/models/{name}`). Defaults to the
     /// InferenceService's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
+    #[schemars(length(max = 63), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
     pub name: Option<String>,
 
     /// Version label reported by the runtime (`/v2/models/{name}/versions/{version}`).
@@ -264,7 +264,7 @@ pub struct StorageSpec {
 
     /// Region of the bucket (sets `AWS_REGION`), e.g. `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^[a-z0-9-]{1,32}$"))]
     pub region: Option<String>,
 
     /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
@@ -283,22 +283,22 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct S3SecretRef {
     /// Name of the Secret (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key of the access key id in the Secret.
     #[serde(default = "default_access_key_id_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub access_key_id_key: String,
 
     /// Key of the secret access key in the Secret.
     #[serde(default = "default_secret_access_key_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub secret_access_key_key: String,
 
     /// Key of a session token in the Secret, for temporary credentials. Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub session_token_key: Option<String>,
 }
 
@@ -428,12 +428,12 @@ pub struct AuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key in the Secret whose value is the token list.
     #[serde(default = "default_tokens_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
 
@@ -579,12 +579,12 @@ pub struct LabelsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapKeyRef {
     /// Name of the ConfigMap (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key in the ConfigMap whose value is the class list.
     #[serde(default = "default_labels_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
 
