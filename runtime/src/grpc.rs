@@ -244,6 +244,72 @@ impl GrpcInferenceService for Inference {
         let call = Self::call(&req);
         self.infer(call.as_ref(), req.into_inner()).await.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
     }
+
+    async fn repository_index(
+        &self,
+        req: tonic::Request<pb::RepositoryIndexRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryIndexResponse>, Status> {
+        let models = self
+            .st
+            .models
+            .index(req.get_ref().ready)
+            .into_iter()
+            .map(|r| pb::repository_index_response::ModelIndex {
+                name: r.name,
+                version: r.version,
+                state: r.state.into(),
+                reason: r.reason,
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: tonic::Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryModelLoadResponse>, Status> {
+        let call = Self::call(&req);
+        let msg = req.into_inner();
+        let load = async {
+            let params = msg
+                .parameters
+                .into_iter()
+                .map(|(k, v)| repository_parameter(&k, v).map(|v| (k, v)))
+                .collect::<Result<_, _>>()?;
+            let load = crate::repository::load_request(params)?;
+            self.st.models.load(&msg.model_name, load).await
+        };
+        load.await.map_err(|e| fail(call.as_ref(), e))?;
+        Ok(tonic::Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: tonic::Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let call = Self::call(&req);
+        let msg = req.into_inner();
+        let unload = async {
+            crate::repository::check_unload_parameters(msg.parameters.keys())?;
+            self.st.models.unload(&msg.model_name).await
+        };
+        unload.await.map_err(|e| fail(call.as_ref(), e))?;
+        Ok(tonic::Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// A load parameter as the REST body would carry it (Triton's `file:` contents are bytes: refused
+/// by name, as a model here is one ONNX file at a uri).
+fn repository_parameter(key: &str, p: pb::ModelRepositoryParameter) -> Result<serde_json::Value, ApiError> {
+    use pb::model_repository_parameter::ParameterChoice;
+    match p.parameter_choice {
+        Some(ParameterChoice::StringParam(s)) => Ok(s.into()),
+        Some(ParameterChoice::Int64Param(n)) => Ok(n.into()),
+        Some(ParameterChoice::BoolParam(b)) => Ok(b.into()),
+        Some(ParameterChoice::BytesParam(_)) | None => Err(ApiError::invalid(format!(
+            "load parameter '{key}' must be a string (kinfer takes 'uri', 'version' and 'sha256')"
+        ))),
+    }
 }
 
 impl Inference {
@@ -318,7 +384,8 @@ fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
 /// The model RPCs need a token when auth is on (as `/v2/models/**` do on REST); liveness,
 /// readiness, server metadata, health and reflection stay open.
 fn protected(path: &str) -> bool {
-    path.strip_prefix("/inference.GRPCInferenceService/").is_some_and(|m| m.starts_with("Model"))
+    path.strip_prefix("/inference.GRPCInferenceService/")
+        .is_some_and(|m| m.starts_with("Model") || m.starts_with("Repository"))
 }
 
 /// An error answered by the middleware itself, with the request id.
@@ -500,7 +567,7 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     // Triton's other RPCs and unknown services: UNIMPLEMENTED, saying what is served.
     if status.as_ref().is_some_and(|s| s.code() == Code::Unimplemented && s.message().is_empty()) {
         let message = format!(
-            "{path} is not served here; kinfer-runtime serves {SERVICE} (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), grpc.health.v1.Health and server reflection"
+            "{path} is not served here; kinfer-runtime serves {SERVICE} (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload), grpc.health.v1.Health and server reflection"
         );
         resp = Status::unimplemented(message.clone()).into_http::<axum::body::Body>();
         status = Some(Status::unimplemented(message));

@@ -435,14 +435,15 @@ impl Registry {
 
     /// Loads every listed model (concurrently); the first failure names its model.
     pub async fn load_all(&self) -> Result<(), String> {
+        // Model control waits for the start-up loads.
+        let _one_at_a_time = self.changing.lock().await;
         let specs: Vec<ModelSpec> = self.read().values().flat_map(|e| e.specs.clone()).collect();
+        let several = specs.len() > 1;
         let loads = specs.iter().map(|spec| async move {
             let served = self.loader()?.load(spec).await.map_err(|e| {
-                if self.read().len() > 1 || spec.version != "1" {
-                    format!("model '{}' version '{}': {e}", spec.name, spec.version)
-                } else {
-                    e
-                }
+                // With several models the message names the one that failed (the operator's
+                // status.models reads it); one model keeps the loader's message as it is.
+                if several { format!("model '{}' version '{}': {e}", spec.name, spec.version) } else { e }
             })?;
             self.install(&spec.name, vec![Arc::new(served)], true);
             Ok::<(), String>(())

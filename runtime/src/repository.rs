@@ -5,7 +5,8 @@
 //! Load and unload are off unless `KINFER_MODEL_CONTROL=explicit`, so a pod serves what its
 //! manifest says; the index always answers. All three sit behind the bearer tokens when auth is on.
 //! The loading itself (prepare and warm up, then swap; a failure keeps the old version) is
-//! [`crate::registry::Registry::load`].
+//! [`crate::registry::Registry::load`]. The gRPC port has the same three as Triton's
+//! RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload ([`crate::grpc`]).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -55,7 +56,8 @@ fn text_param(key: &str, v: &serde_json::Value) -> Result<String, ApiError> {
     }
 }
 
-fn load_request(params: HashMap<String, serde_json::Value>) -> Result<LoadRequest, ApiError> {
+/// A load's `parameters` (REST JSON, or gRPC parameters as JSON values).
+pub(crate) fn load_request(params: HashMap<String, serde_json::Value>) -> Result<LoadRequest, ApiError> {
     let mut req = LoadRequest::default();
     for (key, value) in &params {
         let slot = match key.as_str() {
@@ -108,12 +110,17 @@ pub(crate) async fn unload(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ControlRequest = parse_body(&body(b)?, "model unload")?;
-    // Triton's `unload_dependents` has nothing to act on here: kinfer models have no dependents.
-    if let Some(key) = req.parameters.keys().find(|k| k.as_str() != "unload_dependents") {
-        return Err(ApiError::invalid(format!("unload parameter '{key}' is not supported")));
-    }
+    check_unload_parameters(req.parameters.keys())?;
     st.models.unload(&model).await?;
     Ok(json(&serde_json::json!({ "name": model, "unloaded": true })))
+}
+
+/// Triton's `unload_dependents` has nothing to act on here: kinfer models have no dependents.
+pub(crate) fn check_unload_parameters<'a>(mut keys: impl Iterator<Item = &'a String>) -> Result<(), ApiError> {
+    match keys.find(|k| k.as_str() != "unload_dependents") {
+        Some(key) => Err(ApiError::invalid(format!("unload parameter '{key}' is not supported"))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

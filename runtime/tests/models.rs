@@ -367,6 +367,37 @@ async fn load_replace_and_unload_under_concurrent_load_without_a_failed_request(
     assert!(body["error"].as_str().unwrap().contains("'config' is not supported"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_drives_model_control_on_both_ports() {
+    let Some(py) = python() else {
+        assert!(std::env::var("CI").is_err(), "the test venv is missing in CI: run `make venv`");
+        eprintln!("SKIPPED: no Python venv with tritonclient; run `make venv` (make test does)");
+        return;
+    };
+    let rt = runtime_models(&json!([
+        {"name": "iris", "uri": model_path("iris").display().to_string()},
+        {"name": "tabular", "uri": model_path("tabular").display().to_string()},
+    ]))
+    .env("KINFER_MODEL_CONTROL", "explicit")
+    .ready()
+    .await;
+    let out = Command::new(&py)
+        .arg(repo().join("runtime/tests/clients/triton_repository.py"))
+        .arg(format!("127.0.0.1:{}", rt.port))
+        .arg(format!("127.0.0.1:{}", rt.grpc_port))
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tritonclient model control failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("tritonclient model control: all checks passed"), "{stdout}");
+    // Both models serve again at the end.
+    for model in ["iris", "tabular"] {
+        let (s, body, _) = rt.post_json(&format!("/v2/models/{model}/infer"), &v2_request(model)).await;
+        assert_eq!(s, 200, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn model_control_is_off_by_default_and_behind_the_tokens() {
     let rt = runtime(model_path("iris").display().to_string()).arg("--model-name", "iris").ready().await;
@@ -380,6 +411,16 @@ async fn model_control_is_off_by_default_and_behind_the_tokens() {
     assert_eq!(s, 200);
     let (s, index, _) = rt.post_raw("/v2/repository/index", "").await;
     assert_eq!((s, index[0]["state"].as_str()), (200, Some("READY")), "{index}");
+    // The same on the gRPC port.
+    let mut grpc = GrpcInferenceServiceClient::connect(rt.grpc_url()).await.expect("connect");
+    let e = grpc
+        .repository_model_unload(pb::RepositoryModelUnloadRequest { model_name: "iris".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("KINFER_MODEL_CONTROL=explicit"), "{e:?}");
+    let index = grpc.repository_index(pb::RepositoryIndexRequest::default()).await.expect("index").into_inner();
+    assert_eq!(index.models[0].state, "READY");
 
     let secured = runtime(model_path("iris").display().to_string())
         .arg("--model-name", "iris")
@@ -391,6 +432,9 @@ async fn model_control_is_off_by_default_and_behind_the_tokens() {
         let (s, body, _) = secured.post_raw(path, "").await;
         assert_eq!((s, body["code"].as_str()), (401, Some("UNAUTHORIZED")), "{path}: {body}");
     }
+    let mut grpc = GrpcInferenceServiceClient::connect(secured.grpc_url()).await.expect("connect");
+    let e = grpc.repository_index(pb::RepositoryIndexRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let r = client().post(secured.url("/v2/repository/models/iris/load")).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
