@@ -87,13 +87,51 @@ pub const SHORT_NAME: &str = "kisvc";
         "message": "set either spec.replicas or spec.autoscaling, not both"
     },
     {
-        "rule": "!has(self.canary) || !has(self.canary.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
+        "rule": "!has(self.canary) || !has(self.canary.model) || !has(self.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
         "message": "spec.canary.model must differ from spec.model (another uri or version): a canary identical to the stable model compares nothing"
+    },
+    {
+        "rule": "!has(self.canary) || has(self.model)",
+        "message": "spec.canary needs spec.model: a canary replaces the one stable model, not a list (spec.models)"
+    },
+    {
+        "rule": "!(has(self.model) && has(self.models))",
+        "message": "set either spec.model (one model) or spec.models (several), not both"
+    },
+    {
+        "rule": "has(self.model) || has(self.models)",
+        "message": "set spec.model (one model) or spec.models (several models in one Deployment)"
     }
 ]))]
 pub struct InferenceServiceSpec {
-    /// The model to serve.
-    pub model: ModelSpec,
+    /// The model to serve. Exactly one of `model` and `models` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+
+    /// Several models served by the same pods (small models packed into one Deployment), each
+    /// with the fields of `model` and a `name` (required, unique). Every protocol addresses them
+    /// by name; all share the pods' resources, image and request settings, and one `storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "size(self) > 0",
+            "message": "spec.models must list at least one model"
+        },
+        {
+            "rule": "self.all(m, has(m.name))",
+            "message": "every entry of spec.models needs a name"
+        },
+        {
+            "rule": "self.all(m, !has(m.name) || self.exists_one(n, has(n.name) && n.name == m.name))",
+            "message": "spec.models names must be unique"
+        },
+        {
+            "rule": "self.all(m, has(m.storage) == has(self[0].storage) && (!has(m.storage) || m.storage == self[0].storage))",
+            "message": "every entry of spec.models must have the same storage (the pods have one set of S3 settings)"
+        }
+    ]))]
+    pub models: Option<Vec<ModelSpec>>,
 
     /// Fixed number of runtime pods. Mutually exclusive with `autoscaling`; when neither is set
     /// one pod runs. 0 stops serving but keeps the Service.
@@ -289,7 +327,7 @@ pub struct ModelSpec {
     /// Name the model is served under (`/v2/models/{name}`). Defaults to the
     /// InferenceService's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
+    #[schemars(length(max = 63), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
     pub name: Option<String>,
 
     /// Version label reported by the runtime (`/v2/models/{name}/versions/{version}`).
@@ -341,7 +379,7 @@ pub struct StorageSpec {
 
     /// Region of the bucket (sets `AWS_REGION`), e.g. `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^[a-z0-9-]{1,32}$"))]
     pub region: Option<String>,
 
     /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
@@ -360,22 +398,22 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct S3SecretRef {
     /// Name of the Secret (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key of the access key id in the Secret.
     #[serde(default = "default_access_key_id_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub access_key_id_key: String,
 
     /// Key of the secret access key in the Secret.
     #[serde(default = "default_secret_access_key_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub secret_access_key_key: String,
 
     /// Key of a session token in the Secret, for temporary credentials. Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub session_token_key: Option<String>,
 }
 
@@ -505,12 +543,12 @@ pub struct AuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key in the Secret whose value is the token list.
     #[serde(default = "default_tokens_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
 
@@ -656,12 +694,12 @@ pub struct LabelsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapKeyRef {
     /// Name of the ConfigMap (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key in the ConfigMap whose value is the class list.
     #[serde(default = "default_labels_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
 
@@ -760,9 +798,15 @@ pub struct InferenceServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
-    /// Model uri served by the ready pods of the last complete rollout.
+    /// Model uri served by the ready pods of the last complete rollout (with `spec.models`, the
+    /// uris comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_uri: Option<String>,
+
+    /// Each model of the current spec: whether the ready pods serve it, and the runtime's load
+    /// error when it failed to load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelStatus>,
 
     /// Runtime pods (all versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -842,6 +886,34 @@ fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     obj.insert("x-kubernetes-list-type".into(), "map".into());
     obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
+}
+
+/// The status of one model of `spec.model` / `spec.models`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// The name it is served under.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its uri.
+    pub uri: String,
+    /// True when every wanted pod of the current spec serves it.
+    pub ready: bool,
+    /// Why it does not serve: the runtime's load error, when a pod reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl InferenceServiceSpec {
+    /// The models to serve: `spec.model`, or the entries of `spec.models`.
+    pub fn model_list(&self) -> Vec<&ModelSpec> {
+        match (&self.model, &self.models) {
+            (Some(m), _) => vec![m],
+            (None, Some(list)) => list.iter().collect(),
+            (None, None) => vec![],
+        }
+    }
 }
 
 impl InferenceService {
@@ -1011,7 +1083,7 @@ mod tests {
     fn cel_rules_accept_valid_fixtures_and_refuse_invalid_ones_with_their_message() {
         let validator = kube::core::cel::Validator::new();
         let schema = schema();
-        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "canary.yaml"] {
+        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "canary.yaml", "two-models.yaml"] {
             if let Err(e) = validator.validate(&schema, &fixture_value(ok), None) {
                 panic!("{ok} refused: {e}");
             }
@@ -1027,6 +1099,12 @@ mod tests {
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
             ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
+            ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
+            ("invalid-empty-models.yaml", "spec.models must list at least one model"),
+            ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
+            ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
+            ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
         ] {
             let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
             assert!(err.contains(message), "{file}: {err}");
@@ -1191,9 +1269,9 @@ mod tests {
         )
         .unwrap();
         let s = &isvc.spec;
-        assert_eq!(s.model.version, "1");
-        assert_eq!(s.model.format, ModelFormat::Onnx);
-        let r = s.model.storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
+        assert_eq!(s.model.as_ref().unwrap().version, "1");
+        assert_eq!(s.model.as_ref().unwrap().format, ModelFormat::Onnx);
+        let r = s.model.as_ref().unwrap().storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
         assert_eq!(r.access_key_id_key, "AWS_ACCESS_KEY_ID");
         assert_eq!(r.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
         let a = s.autoscaling.as_ref().unwrap();

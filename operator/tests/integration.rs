@@ -153,6 +153,12 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message()
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
             ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
+            ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
+            ("invalid-empty-models.yaml", "spec.models must list at least one model"),
+            ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
+            ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
+            ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
         ] {
             let err = api.create(&PostParams::default(), &fixture(file)).await.expect_err(file);
             let kube::Error::Api(status) = err else { panic!("{file}: unexpected error {err}") };
@@ -311,6 +317,34 @@ async fn ready_deployment_makes_the_resource_ready_and_a_spec_change_rolls_it() 
             Some("s3://models/iris/1/model.onnx"),
             "the old model is still the one served"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn several_models_are_one_deployment_with_kinfer_models_and_a_status_each() {
+    let Some(client) = test_client("several_models_are_one_deployment").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let created = isvcs.create(&PostParams::default(), &fixture("two-models.yaml")).await.expect("created");
+        let name = created.name_any();
+        let d = wait_for("the Deployment", || async { deployments.get_opt(&name).await.ok()? }).await;
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap_or_default();
+        let models =
+            env.iter().find(|e| e.name == "KINFER_MODELS").and_then(|e| e.value.clone()).expect("KINFER_MODELS");
+        let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+        assert_eq!(models[0]["name"], "iris");
+        assert_eq!((models[1]["name"].as_str(), models[1]["version"].as_str()), (Some("fraud"), Some("3")));
+        assert!(!env.iter().any(|e| e.name == "KINFER_MODEL_URI"));
+
+        mark_deployment_ready(&client, &ns, &name).await;
+        let st = isvcs.get(&name).await.unwrap().status.unwrap();
+        let got: Vec<(&str, &str, bool)> =
+            st.models.iter().map(|m| (m.name.as_str(), m.version.as_str(), m.ready)).collect();
+        assert_eq!(got, [("iris", "1", true), ("fraud", "3", true)]);
     })
     .await;
 }

@@ -162,6 +162,8 @@ struct Call {
     error: Option<ApiError>,
     /// The canary answered (its own pods count the call).
     by_canary: bool,
+    /// The model and version that served the call (metrics, access and request logs).
+    model: Option<(String, String)>,
 }
 
 type SharedCall = Arc<Mutex<Call>>;
@@ -209,7 +211,7 @@ impl GrpcInferenceService for Inference {
         let call = Self::call(&req);
         let m = req.get_ref();
         let ready = match self.st.engine(&m.name, version(&m.version)) {
-            Ok(_) => self.st.is_ready(),
+            Ok(_) => !self.st.shutting_down.load(std::sync::atomic::Ordering::Acquire),
             Err(e) if e.code == ErrorCode::ModelNotReady => false,
             Err(e) => return Err(fail(call.as_ref(), e)),
         };
@@ -246,6 +248,72 @@ impl GrpcInferenceService for Inference {
             return self.with_canary(canary, call, req).await;
         }
         self.infer(call.as_ref(), req.into_inner()).await.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+    }
+
+    async fn repository_index(
+        &self,
+        req: tonic::Request<pb::RepositoryIndexRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryIndexResponse>, Status> {
+        let models = self
+            .st
+            .models
+            .index(req.get_ref().ready)
+            .into_iter()
+            .map(|r| pb::repository_index_response::ModelIndex {
+                name: r.name,
+                version: r.version,
+                state: r.state.into(),
+                reason: r.reason,
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: tonic::Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryModelLoadResponse>, Status> {
+        let call = Self::call(&req);
+        let msg = req.into_inner();
+        let load = async {
+            let params = msg
+                .parameters
+                .into_iter()
+                .map(|(k, v)| repository_parameter(&k, v).map(|v| (k, v)))
+                .collect::<Result<_, _>>()?;
+            let load = crate::repository::load_request(params)?;
+            self.st.models.load(&msg.model_name, load).await
+        };
+        load.await.map_err(|e| fail(call.as_ref(), e))?;
+        Ok(tonic::Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: tonic::Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let call = Self::call(&req);
+        let msg = req.into_inner();
+        let unload = async {
+            crate::repository::check_unload_parameters(msg.parameters.keys())?;
+            self.st.models.unload(&msg.model_name).await
+        };
+        unload.await.map_err(|e| fail(call.as_ref(), e))?;
+        Ok(tonic::Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// A load parameter as the REST body would carry it (Triton's `file:` contents are bytes: refused
+/// by name, as a model here is one ONNX file at a uri).
+fn repository_parameter(key: &str, p: pb::ModelRepositoryParameter) -> Result<serde_json::Value, ApiError> {
+    use pb::model_repository_parameter::ParameterChoice;
+    match p.parameter_choice {
+        Some(ParameterChoice::StringParam(s)) => Ok(s.into()),
+        Some(ParameterChoice::Int64Param(n)) => Ok(n.into()),
+        Some(ParameterChoice::BoolParam(b)) => Ok(b.into()),
+        Some(ParameterChoice::BytesParam(_)) | None => Err(ApiError::invalid(format!(
+            "load parameter '{key}' must be a string (kinfer takes 'uri', 'version' and 'sha256')"
+        ))),
     }
 }
 
@@ -328,12 +396,13 @@ impl Inference {
         if let Some(c) = call
             && let Ok(mut c) = c.lock()
         {
+            c.model = Some((engine.spec.name.clone(), engine.spec.version.clone()));
             if !c.id_from_header && !msg.id.is_empty() && msg.id.len() <= 200 {
                 c.id = Arc::from(msg.id.as_str());
             }
             deadline = c.deadline;
         }
-        let pipeline = st.image.get().and_then(|s| s.pipeline.clone());
+        let pipeline = engine.image.pipeline.clone();
         let req = match pipeline {
             None => codec::decode(msg, &engine.info, st.limits, None)?,
             Some(p) => {
@@ -352,7 +421,7 @@ impl Inference {
             (a, b) => a.or(b),
         };
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
-        let outputs = crate::server::infer(st, engine, req.inputs, timeout_ms).await?;
+        let outputs = crate::server::infer(st, &engine, req.inputs, timeout_ms).await?;
         Ok(codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw))
     }
 }
@@ -381,7 +450,8 @@ fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
 /// The model RPCs need a token when auth is on (as `/v2/models/**` do on REST); liveness,
 /// readiness, server metadata, health and reflection stay open.
 fn protected(path: &str) -> bool {
-    path.strip_prefix("/inference.GRPCInferenceService/").is_some_and(|m| m.starts_with("Model"))
+    path.strip_prefix("/inference.GRPCInferenceService/")
+        .is_some_and(|m| m.starts_with("Model") || m.starts_with("Repository"))
 }
 
 /// An error answered by the middleware itself, with the request id.
@@ -418,6 +488,8 @@ fn http_equivalent(code: Code, error: Option<&ApiError>) -> u16 {
 /// is dropped): then it is 504 when its deadline had passed, else 499 (client closed).
 struct InFlight {
     st: Arc<AppState>,
+    /// The model that served the call, once known.
+    model: Option<(String, String)>,
     start: Instant,
     deadline: Option<Instant>,
     done: bool,
@@ -426,7 +498,7 @@ struct InFlight {
 impl InFlight {
     fn new(st: Arc<AppState>, deadline: Option<Instant>) -> InFlight {
         st.metrics.in_flight.inc();
-        InFlight { st, start: Instant::now(), deadline, done: false }
+        InFlight { st, model: None, start: Instant::now(), deadline, done: false }
     }
 
     fn finish(&mut self, status: u16) {
@@ -436,8 +508,10 @@ impl InFlight {
         self.done = true;
         let m = &self.st.metrics;
         m.in_flight.dec();
-        let (model, version) =
-            if status == 404 { ("unknown", "unknown") } else { (self.st.name.as_str(), self.st.version.as_str()) };
+        let (model, version) = match &self.model {
+            Some((name, version)) if status != 404 => (name.as_str(), version.as_str()),
+            _ => ("unknown", "unknown"),
+        };
         m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
         m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
@@ -487,8 +561,14 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
     let mut in_flight = is_infer.then(|| InFlight::new(st.clone(), deadline));
-    let call: SharedCall =
-        Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None, by_canary: false }));
+    let call: SharedCall = Arc::new(Mutex::new(Call {
+        id: id.clone(),
+        id_from_header,
+        deadline,
+        error: None,
+        by_canary: false,
+        model: None,
+    }));
     let logged: crate::server::LoggedIo = Arc::new(Mutex::new(None));
 
     // Auth and the rate limit, then (inference) the whole message within the body deadline, and
@@ -569,24 +649,28 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     // Triton's other RPCs and unknown services: UNIMPLEMENTED, saying what is served.
     if status.as_ref().is_some_and(|s| s.code() == Code::Unimplemented && s.message().is_empty()) {
         let message = format!(
-            "{path} is not served here; kinfer-runtime serves {SERVICE} (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), grpc.health.v1.Health and server reflection"
+            "{path} is not served here; kinfer-runtime serves {SERVICE} (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload), grpc.health.v1.Health and server reflection"
         );
         resp = Status::unimplemented(message.clone()).into_http::<axum::body::Body>();
         status = Some(Status::unimplemented(message));
     }
-    let (id, error, by_canary) = match call.lock() {
-        Ok(mut c) => (c.id.clone(), c.error.take(), c.by_canary),
-        Err(_) => (id, None, false),
+    let (id, error, by_canary, served) = match call.lock() {
+        Ok(mut c) => (c.id.clone(), c.error.take(), c.by_canary, c.model.take()),
+        Err(_) => (id, None, false, None),
     };
+    // A call refused before its message was read names no model: with one, it is that one.
+    let served = served.or_else(|| st.models.only());
+    let (model, version) = served.clone().unwrap_or_else(|| ("unknown".into(), String::new()));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    if is_infer {
-        crate::canary::mark_version(resp.headers_mut(), &st.version);
+    if is_infer && !version.is_empty() {
+        crate::canary::mark_version(resp.headers_mut(), &version);
     }
     let code = status.as_ref().map_or(Code::Ok, Status::code);
     let http = http_equivalent(code, error.as_ref());
     if let Some(f) = in_flight.as_mut() {
+        f.model = served;
         if by_canary {
             f.forwarded();
         } else {
@@ -602,6 +686,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
             &logged,
             crate::server::RequestOutcome {
                 id: &id,
+                model: &model,
+                version: &version,
                 protocol: "grpc",
                 status: http,
                 elapsed,
@@ -615,13 +701,13 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let grpc_code = format!("{code:?}");
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
             protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (Some(m), _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
             protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (None, _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
             protocol, status = http, grpc_code, latency_us, "request"),
     }
     resp
