@@ -619,15 +619,13 @@ fn path_version(path: &str) -> Option<&str> {
 }
 
 /// Sets `x-kinfer-model-version` to stable's version when the response has none (answers stable
-/// served itself); returns the version that answered.
-pub fn mark_version(headers: &mut HeaderMap, stable: &str) -> String {
-    if let Some(v) = headers.get(VERSION_HEADER) {
-        return String::from_utf8_lossy(v.as_bytes()).into_owned();
-    }
-    if let Ok(v) = HeaderValue::from_str(stable) {
+/// served itself; the canary's carry its own).
+pub fn mark_version(headers: &mut HeaderMap, stable: &str) {
+    if !headers.contains_key(VERSION_HEADER)
+        && let Ok(v) = HeaderValue::from_str(stable)
+    {
         headers.insert(header::HeaderName::from_static(VERSION_HEADER), v);
     }
-    stable.to_string()
 }
 
 #[cfg(test)]
