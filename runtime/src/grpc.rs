@@ -441,9 +441,7 @@ impl InFlight {
         m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
         m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
-}
 
-impl InFlight {
     /// The canary answered: in flight here, counted by the canary's pods.
     fn forwarded(&mut self) {
         if !self.done {
