@@ -223,7 +223,18 @@ def test_pod_monitor_selects_the_runtime_pods_the_operator_creates(render):
     assert 'name: Some("http".into())' in (ROOT / "operator" / "src" / "build" / "deployment.rs").read_text()
     assert '.route("/metrics"' in (ROOT / "runtime" / "src" / "server.rs").read_text()
     ep = pm["spec"]["podMetricsEndpoints"]
-    assert ep == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    # A canary's pods (operator/src/build/canary.rs) carry the same two selector labels, so they
+    # are scraped like the stable ones; their `track` label and the InferenceService become
+    # target labels (the request metrics themselves carry the model `version`).
+    canary_rs = (ROOT / "operator" / "src" / "build" / "canary.rs").read_text()
+    assert 'TRACK_LABEL: &str = "serving.kinfer.dev/track"' in canary_rs
+    assert ep == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s",
+                   "relabelings": [
+                       {"sourceLabels": ["__meta_kubernetes_pod_label_serving_kinfer_dev_inferenceservice"],
+                        "targetLabel": "inferenceservice"},
+                       {"sourceLabels": ["__meta_kubernetes_pod_label_serving_kinfer_dev_track"],
+                        "targetLabel": "track"},
+                   ]}]
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["metadata"]["namespace"] == NAMESPACE
 
