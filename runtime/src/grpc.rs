@@ -441,9 +441,7 @@ impl InFlight {
         m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
         m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
-}
 
-impl InFlight {
     /// The canary answered: in flight here, counted by the canary's pods.
     fn forwarded(&mut self) {
         if !self.done {
@@ -612,17 +610,18 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     }
     let latency_us = elapsed.as_micros() as u64;
     let protocol = if is_infer { "grpc" } else { "-" };
+    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let grpc_code = format!("{code:?}");
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            version, protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (Some(m), _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            version, protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (None, _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, "request"),
+            version, protocol, status = http, grpc_code, latency_us, "request"),
     }
     resp
 }

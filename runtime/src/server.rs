@@ -545,18 +545,20 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         );
     }
     let latency_us = elapsed.as_micros() as u64;
+    // The version that answered (a canary's, when it did).
+    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     match &err {
         Some(e) if e.code == ErrorCode::Internal => tracing::error!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %st.name, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
             code = e.code.as_str(), error = %e.message, "request"),
         Some(e) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %st.name, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
             code = e.code.as_str(), error = %e.message, "request"),
         None => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %st.name, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
             "request"),
     }
     resp
