@@ -240,7 +240,14 @@ impl GrpcInferenceService for Inference {
         req: tonic::Request<pb::ModelInferRequest>,
     ) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
         let call = Self::call(&req);
-        self.infer(call.as_ref(), req.into_inner()).await.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+        let (resp, cache) = self.infer(call.as_ref(), req.into_inner()).await.map_err(|e| fail(call.as_ref(), e))?;
+        let mut resp = tonic::Response::new(resp);
+        if let Some(status) = cache {
+            // As on REST: `x-kinfer-cache` response metadata (also a `cache` response parameter).
+            resp.metadata_mut()
+                .insert(crate::cache::HEADER, tonic::metadata::MetadataValue::from_static(status.as_str()));
+        }
+        Ok(resp)
     }
 }
 
@@ -250,12 +257,12 @@ impl Inference {
         req.extensions().get::<SharedCall>().cloned()
     }
 
-    /// decode → infer → encode.
+    /// decode → infer → encode; also says how the prediction cache answered (when it is on).
     async fn infer(
         &self,
         call: Option<&SharedCall>,
         msg: pb::ModelInferRequest,
-    ) -> Result<pb::ModelInferResponse, ApiError> {
+    ) -> Result<(pb::ModelInferResponse, Option<crate::cache::Status>), ApiError> {
         let st = &self.st;
         let engine = st.engine(&msg.model_name, version(&msg.model_version))?;
         let mut deadline = None;
@@ -286,8 +293,16 @@ impl Inference {
             (a, b) => a.or(b),
         };
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
-        let outputs = crate::server::infer(st, engine, req.inputs, timeout_ms).await?;
-        Ok(codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw))
+        let cache = crate::cache::Use { outputs: &req.outputs, enabled: req.cache };
+        let done = crate::server::infer(st, engine, req.inputs, timeout_ms, cache).await?;
+        let mut resp = codec::encode(&engine.info, req.id, &done.outputs, &req.outputs, req.raw);
+        if let Some(status) = done.cache {
+            let value = pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(status.as_str().into())),
+            };
+            resp.parameters.insert("cache".into(), value);
+        }
+        Ok((resp, done.cache))
     }
 }
 
