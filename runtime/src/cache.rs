@@ -38,7 +38,9 @@ use std::{
 };
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
-use tokio::{sync::watch, time::Instant};
+use std::time::Instant;
+
+use tokio::sync::watch;
 
 use crate::{error::ApiError, metrics::Metrics, tensor::Tensor};
 
@@ -338,7 +340,7 @@ impl Cache {
         }
         let key = Key::new(self.seed, model, version, use_.outputs, &inputs);
         loop {
-            match self.begin(&key) {
+            match self.begin(&key, Instant::now()) {
                 Step::Hit(entry) if entry.key == key.bytes => {
                     self.metrics.hits.inc();
                     return (Ok(entry.outputs.clone()), Status::Hit);
@@ -375,8 +377,7 @@ impl Cache {
         }
     }
 
-    fn begin(&self, key: &Key) -> Step {
-        let now = Instant::now();
+    fn begin(&self, key: &Key, now: Instant) -> Step {
         let mut inner = self.lock();
         if let Some(entry) = inner.lru.get(&key.hash) {
             if entry.expires.is_none_or(|e| e > now) {
@@ -471,11 +472,15 @@ impl Cache {
 
     /// Removes expired entries now (the sweep task calls it every second).
     pub fn sweep(&self) {
+        self.sweep_at(Instant::now());
+    }
+
+    fn sweep_at(&self, now: Instant) {
         if self.settings.ttl.is_none() {
             return;
         }
         let mut inner = self.lock();
-        self.expire(&mut inner, Instant::now());
+        self.expire(&mut inner, now);
         self.publish(&inner);
     }
 
@@ -563,12 +568,15 @@ mod tests {
     const ALL: Use<'static> = Use { outputs: &[0, 1], enabled: true };
 
     /// Runs one request through the cache; the model answers `v` and counts its runs.
-    async fn ask(c: &Cache, v: f32, runs: &AtomicUsize) -> (Result<Arc<Vec<Tensor>>, ApiError>, Status) {
-        c.get_or_run("iris", "1", input(v), ALL, |_| async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(output(v as i64))
-        })
-        .await
+    async fn ask(c: &Cache, v: f32, runs: &AtomicUsize) -> Status {
+        let (out, status) = c
+            .get_or_run("iris", "1", input(v), ALL, |_| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(output(v as i64))
+            })
+            .await;
+        assert_eq!(out.expect("outputs").as_ref(), &output(v as i64));
+        status
     }
 
     #[test]
@@ -611,10 +619,8 @@ mod tests {
     async fn miss_then_hit_with_the_same_outputs() {
         let c = cache(Some(10), None, None);
         let runs = AtomicUsize::new(0);
-        let (a, s1) = ask(&c, 1.0, &runs).await;
-        let (b, s2) = ask(&c, 1.0, &runs).await;
-        assert_eq!((s1, s2), (Status::Miss, Status::Hit));
-        assert_eq!(a.unwrap(), b.unwrap());
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Miss);
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Hit); // `ask` checks the outputs
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(c.metrics.hits.get(), 1);
         assert_eq!(c.metrics.misses.get(), 1);
@@ -632,8 +638,8 @@ mod tests {
         ask(&c, 1.0, &runs).await; // 1 is now the most recently used
         ask(&c, 3.0, &runs).await; // evicts 2
         assert_eq!(c.metrics.evicted_entries.get(), 1);
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Hit);
-        assert_eq!(ask(&c, 2.0, &runs).await.1, Status::Miss);
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Hit);
+        assert_eq!(ask(&c, 2.0, &runs).await, Status::Miss);
         assert_eq!(c.usage().0, 2);
 
         let one = entry_bytes(&Key::new(0, "iris", "1", &[0, 1], &input(1.0)).bytes, &output(1));
@@ -652,25 +658,34 @@ mod tests {
     async fn an_entry_larger_than_max_bytes_is_not_stored() {
         let c = cache(None, Some(16), None);
         let runs = AtomicUsize::new(0);
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Miss);
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Miss);
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Miss);
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Miss);
         assert_eq!(c.usage(), (0, 0));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn entries_expire_after_the_ttl() {
         let c = cache(Some(10), None, Some(5));
         let runs = AtomicUsize::new(0);
+        let t0 = Instant::now();
         ask(&c, 1.0, &runs).await;
-        tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Hit);
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Hit);
+        let key = Key::new(c.seed, "iris", "1", &[0, 1], &input(1.0));
+        assert!(matches!(c.begin(&key, t0 + Duration::from_secs(4)), Step::Hit(_)));
+        // Past the TTL a lookup does not serve it (a hit does not extend the TTL)...
+        match c.begin(&key, t0 + Duration::from_secs(6)) {
+            Step::Lead(tx) => drop(Leader { cache: &c, key: &key, tx: Some(tx) }),
+            _ => panic!("an expired entry was served"),
+        }
+        assert_eq!((c.usage().0, c.metrics.expired.get()), (0, 1));
+        // ...and the sweep removes what nobody looks up.
         ask(&c, 2.0, &runs).await;
-        tokio::time::advance(Duration::from_secs(2)).await;
-        c.sweep(); // entry 1 is past its TTL (a hit does not extend it), entry 2 is not
+        c.sweep_at(Instant::now() + Duration::from_secs(4));
         assert_eq!(c.usage().0, 1);
-        assert_eq!(c.metrics.expired.get(), 1);
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Miss);
-        assert_eq!(ask(&c, 2.0, &runs).await.1, Status::Hit);
+        c.sweep_at(Instant::now() + Duration::from_secs(6));
+        assert_eq!((c.usage(), c.metrics.expired.get()), ((0, 0), 2));
+        assert_eq!((c.metrics.entries.get(), c.metrics.bytes.get()), (0, 0));
+        assert!(c.lock().inflight.is_empty());
     }
 
     #[tokio::test]
@@ -680,7 +695,7 @@ mod tests {
         let (r, s) = c.get_or_run("iris", "1", input(1.0), ALL, fail).await;
         assert_eq!((r.unwrap_err().code, s), (ErrorCode::InvalidRequest, Status::Miss));
         let runs = AtomicUsize::new(0);
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Miss);
+        assert_eq!(ask(&c, 1.0, &runs).await, Status::Miss);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
@@ -766,7 +781,7 @@ mod tests {
         leader.abort(); // as when its deadline passes or its client goes away
         let (out, status) = follower.await.unwrap();
         assert_eq!((out.unwrap().as_ref(), status), (&output(2), Status::Miss));
-        let runs = AtomicUsize::new(0);
-        assert_eq!(ask(&c, 1.0, &runs).await.1, Status::Hit);
+        let (out, status) = c.get_or_run("iris", "1", input(1.0), ALL, |_| async { Ok(output(3)) }).await;
+        assert_eq!((out.unwrap().as_ref(), status), (&output(2), Status::Hit), "the follower's run was stored");
     }
 }
