@@ -45,7 +45,7 @@ fn cache_header(h: &reqwest::header::HeaderMap) -> &str {
 const IRIS: [(&str, &str); 2] = [("model", "iris"), ("version", "1")];
 
 fn iris() -> RuntimeBuilder {
-    runtime(model_path("iris").display().to_string())
+    runtime(model_path("iris").display().to_string()).arg("--model-name", "iris")
 }
 
 async fn v2(rt: &Runtime, body: &Value) -> (u16, Value, String) {
@@ -326,10 +326,11 @@ async fn when_the_leader_gives_up_a_follower_runs_the_model() {
     let rt = slow_batching_runtime().await;
     let one_row = vec![ROWS[1].to_vec()];
     // The leader's own deadline (100 ms) passes while its run waits for the batch to fill.
-    let leader = v2(&rt, &v2_body(&one_row, json!({"timeout_ms": 100})));
+    let (leader_body, body) = (v2_body(&one_row, json!({"timeout_ms": 100})), v2_body(&one_row, json!({})));
+    let leader = v2(&rt, &leader_body);
     let followers = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        futures::future::join_all((0..4).map(|_| v2(&rt, &v2_body(&one_row, json!({}))))).await
+        futures::future::join_all((0..4).map(|_| v2(&rt, &body))).await
     };
     let ((s, v, _), followers) = tokio::join!(leader, followers);
     assert_eq!(s, 504, "{v}");
