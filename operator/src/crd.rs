@@ -444,7 +444,7 @@ pub struct CorsSpec {
         "message": "cache needs maxEntries or maxBytes (or both)"
     },
     {
-        "rule": "!has(self.maxBytes) || (type(self.maxBytes) == int ? int(self.maxBytes) > 0 : (isQuantity(string(self.maxBytes)) && quantity(string(self.maxBytes)).isInteger() && quantity(string(self.maxBytes)).asInteger() > 0))",
+        "rule": "!has(self.maxBytes) || (isQuantity(string(self.maxBytes)) && quantity(string(self.maxBytes)).isInteger() && quantity(string(self.maxBytes)).asInteger() > 0)",
         "message": "cache.maxBytes must be a positive whole number of bytes, as an integer or a quantity such as 256Mi"
     }
 ]))]
