@@ -776,7 +776,8 @@ def report() -> str:
                 ratio = ratio_str(grpc / base) if base and grpc else "–"
                 lines.append(f"| {model} | {n} | {conns} | " + " | ".join(cells) + f" | {ratio} |")
         lines.append("")
-    lines.extend(targets(rows))
+    if rows or RESULTS["ready"]:
+        lines.extend(targets(rows))
     return "\n".join(lines)
 
 
