@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration},
-    apimachinery::pkg::apis::meta::v1::Condition,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
 };
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -164,6 +164,12 @@ pub struct InferenceServiceSpec {
     /// Cross-origin requests from browsers (CORS). Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsSpec>,
+
+    /// Prediction cache of each runtime pod: answers repeated requests (the same decoded inputs,
+    /// model version and requested outputs) from memory without running the model. Off when
+    /// unset; needs `maxEntries` or `maxBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 
     /// Request limits of each runtime pod: rows and bytes per request, deadline, concurrency,
     /// queue and per-client rate limit. Unset fields keep the runtime's defaults.
@@ -576,6 +582,38 @@ pub struct CorsSpec {
         }
     ]))]
     pub allowed_origins: Vec<String>,
+}
+
+/// The prediction cache of each runtime pod (least recently used entries go first).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.maxEntries) || has(self.maxBytes)",
+        "message": "cache needs maxEntries or maxBytes (or both)"
+    },
+    {
+        "rule": "!has(self.maxBytes) || (isQuantity(string(self.maxBytes)) && quantity(string(self.maxBytes)).isInteger() && quantity(string(self.maxBytes)).asInteger() > 0)",
+        "message": "cache.maxBytes must be a positive whole number of bytes, as an integer or a quantity such as 256Mi"
+    }
+]))]
+pub struct CacheSpec {
+    /// Most entries kept per pod (`KINFER_CACHE_MAX_ENTRIES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub max_entries: Option<i64>,
+
+    /// Most memory the entries may count per pod: keys (the inputs), outputs and overhead
+    /// (`KINFER_CACHE_MAX_BYTES`). An integer or a Kubernetes quantity (`256Mi`, `1G`). Count it
+    /// in the pod's memory request and limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Quantity>,
+
+    /// Seconds an entry may be served after it was stored (`KINFER_CACHE_TTL_SECONDS`). Unset:
+    /// until evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub ttl_seconds: Option<i64>,
 }
 
 /// Request limits of each runtime pod.
@@ -1095,6 +1133,8 @@ mod tests {
             ),
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+            ("invalid-cache-max-bytes.yaml", "cache.maxBytes must be a positive whole number of bytes"),
+            ("invalid-cache-without-maximum.yaml", "cache needs maxEntries or maxBytes"),
             ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
@@ -1123,6 +1163,21 @@ mod tests {
         let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
         assert!(err.contains("logging.uri must look like s3://bucket/prefix/"), "{err}");
         assert!(err.contains("storage.endpoint must be an http:// or https:// URL"), "{err}");
+
+        // cache.maxBytes: an integer or a quantity of whole bytes, above 0
+        let mut v = fixture_value("minimal.yaml");
+        for ok in [serde_json::json!(1048576), serde_json::json!("256Mi"), serde_json::json!("1G")] {
+            v["spec"]["cache"] = serde_json::json!({ "maxBytes": ok });
+            if let Err(e) = validator.validate(&schema, &v, None) {
+                panic!("cache.maxBytes {ok} refused: {e}");
+            }
+        }
+        for bad in [serde_json::json!(0), serde_json::json!("0"), serde_json::json!("100m"), serde_json::json!("lots")]
+        {
+            v["spec"]["cache"] = serde_json::json!({ "maxBytes": bad });
+            let err = validator.validate(&schema, &v, None).expect_err("refused").to_string();
+            assert!(err.contains("cache.maxBytes must be a positive whole number"), "{bad}: {err}");
+        }
 
         // CORS origins, limits
         let mut v = fixture_value("full.yaml");

@@ -210,6 +210,21 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
             return Err("limits.rateLimitBurst needs limits.rateLimitPerSecond".into());
         }
     }
+    if let Some(c) = &spec.cache {
+        if c.max_entries.is_none() && c.max_bytes.is_none() {
+            return Err("cache needs maxEntries or maxBytes (or both)".into());
+        }
+        at_least_one("cache.maxEntries", c.max_entries)?;
+        at_least_one("cache.ttlSeconds", c.ttl_seconds)?;
+        if let Some(q) = &c.max_bytes
+            && parse_bytes(q).is_none_or(|b| b == 0)
+        {
+            return Err(format!(
+                "cache.maxBytes {:?} must be a positive whole number of bytes, as an integer or a quantity such as 256Mi",
+                q.0
+            ));
+        }
+    }
     if let Some(i) = &spec.image {
         if i.preprocess.trim().is_empty() || i.preprocess.contains(['\n', '\r']) {
             return Err("image.preprocess must be one line of key=value pairs (or `auto`)".into());
@@ -487,6 +502,49 @@ fn cpu_threads(resources: Option<&ResourceRequirements>) -> Result<Option<i32>, 
     }
 }
 
+/// Parses a quantity of bytes (`1000000`, `256Mi`, `1G`, `1.5Gi`, `1e6`) into a whole number;
+/// `None` when it is not one (a fraction of a byte, `100m`, negative, too large).
+pub fn parse_bytes(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() + frac.len() > 30 {
+        return None;
+    }
+    // number = digits / 10^frac.len(); the suffix multiplies it (or divides, for `e-N`).
+    let digits: u128 = format!("{int}{frac}").parse().ok()?;
+    let (mul, exp10): (u128, i32) = match suffix {
+        "" => (1, 0),
+        "Ki" => (1 << 10, 0),
+        "Mi" => (1 << 20, 0),
+        "Gi" => (1 << 30, 0),
+        "Ti" => (1 << 40, 0),
+        "Pi" => (1 << 50, 0),
+        "Ei" => (1 << 60, 0),
+        "k" => (1, 3),
+        "M" => (1, 6),
+        "G" => (1, 9),
+        "T" => (1, 12),
+        "P" => (1, 15),
+        "E" => (1, 18),
+        e if e.starts_with(['e', 'E']) => (1, e[1..].parse::<i32>().ok().filter(|x| (-30..=30).contains(x))?),
+        _ => return None,
+    };
+    let exp = exp10 - frac.len() as i32;
+    let scaled = digits.checked_mul(mul)?;
+    let value = if exp >= 0 {
+        scaled.checked_mul(10u128.checked_pow(exp as u32)?)?
+    } else {
+        let div = 10u128.checked_pow((-exp) as u32)?;
+        if !scaled.is_multiple_of(div) {
+            return None;
+        }
+        scaled / div
+    };
+    u64::try_from(value).ok()
+}
+
 /// Parses a CPU quantity (`500m`, `2`, `1.5`) into millicores.
 pub fn parse_cpu_millis(q: &Quantity) -> Option<u64> {
     let s = q.0.trim();
@@ -534,6 +592,29 @@ mod tests {
         assert_eq!(parse_cpu_millis(&q("0.0001")), Some(1));
         assert_eq!(parse_cpu_millis(&q("two")), None);
         assert_eq!(parse_cpu_millis(&q("")), None);
+    }
+
+    #[test]
+    fn byte_quantities_parse_to_whole_bytes() {
+        for (s, want) in [
+            ("1000000", Some(1_000_000)),
+            ("256Mi", Some(256 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("1.5Gi", Some(3 << 29)),
+            ("1G", Some(1_000_000_000)),
+            ("64k", Some(64_000)),
+            ("1e6", Some(1_000_000)),
+            ("0", Some(0)),
+            ("100m", None),
+            ("0.5", None),
+            ("-1Mi", None),
+            ("1.2.3", None),
+            ("Mi", None),
+            ("", None),
+            ("99999999999Ei", None),
+        ] {
+            assert_eq!(parse_bytes(&q(s)), want, "{s}");
+        }
     }
 
     #[test]
@@ -650,6 +731,32 @@ mod tests {
                 Box::new(|i| {
                     i.spec.limits =
                         Some(crate::crd::LimitsSpec { rate_limit_per_second: Some(-1.0), ..Default::default() });
+                }),
+            ),
+            (
+                "cache needs maxEntries or maxBytes",
+                Box::new(|i| {
+                    i.spec.cache = Some(crate::crd::CacheSpec { ttl_seconds: Some(60), ..Default::default() });
+                }),
+            ),
+            (
+                "cache.maxEntries 0 must be at least 1",
+                Box::new(|i| i.spec.cache = Some(crate::crd::CacheSpec { max_entries: Some(0), ..Default::default() })),
+            ),
+            (
+                "cache.ttlSeconds -1 must be at least 1",
+                Box::new(|i| {
+                    i.spec.cache = Some(crate::crd::CacheSpec {
+                        max_entries: Some(10),
+                        ttl_seconds: Some(-1),
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "cache.maxBytes \"0.5\" must be a positive whole number of bytes",
+                Box::new(|i| {
+                    i.spec.cache = Some(crate::crd::CacheSpec { max_bytes: Some(q("0.5")), ..Default::default() });
                 }),
             ),
             (

@@ -149,6 +149,8 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message()
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
             ("invalid-sha256.yaml", "spec.model.sha256"),
+            ("invalid-cache-max-bytes.yaml", "cache.maxBytes must be a positive whole number of bytes"),
+            ("invalid-cache-without-maximum.yaml", "cache needs maxEntries or maxBytes"),
             ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
@@ -164,6 +166,24 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message()
             let kube::Error::Api(status) = err else { panic!("{file}: unexpected error {err}") };
             assert_eq!(status.code, 422, "{file}: {status:?}");
             assert!(status.message.contains(expected), "{file}: {:?} does not contain {expected:?}", status.message);
+        }
+        // spec.cache: maxEntries 0 is below the schema's minimum; maxBytes takes an integer or a
+        // quantity (dry run: nothing is stored).
+        let dry = PostParams { dry_run: true, ..Default::default() };
+        let mut zero = fixture("minimal.yaml");
+        zero.spec.cache = Some(kinfer_operator::crd::CacheSpec { max_entries: Some(0), ..Default::default() });
+        let err = api.create(&dry, &zero).await.expect_err("maxEntries 0");
+        let kube::Error::Api(status) = err else { panic!("unexpected error {err}") };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(status.message.contains("spec.cache.maxEntries"), "{}", status.message);
+        for bytes in ["256Mi", "1000000"] {
+            let mut ok = fixture("minimal.yaml");
+            ok.spec.cache = Some(kinfer_operator::crd::CacheSpec {
+                max_bytes: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(bytes.into())),
+                ttl_seconds: Some(60),
+                ..Default::default()
+            });
+            api.create(&dry, &ok).await.unwrap_or_else(|e| panic!("cache.maxBytes {bytes} refused: {e}"));
         }
     })
     .await;

@@ -348,6 +348,7 @@ pub fn cors_layer(origins: Option<&str>) -> Result<Option<CorsLayer>, String> {
             .expose_headers([
                 header::HeaderName::from_static("x-request-id"),
                 header::HeaderName::from_static("inference-header-content-length"),
+                header::HeaderName::from_static(crate::cache::HEADER),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     ))

@@ -99,6 +99,20 @@ pub struct Config {
     #[arg(long, env = "KINFER_CACHE_DIR", default_value = "/tmp/kinfer-cache")]
     pub cache_dir: PathBuf,
 
+    /// Prediction cache: most entries kept (least recently used evicted first). The cache is on
+    /// when this or --cache-max-bytes is set. Not related to --cache-dir (downloaded models).
+    #[arg(long, env = "KINFER_CACHE_MAX_ENTRIES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_entries: Option<u64>,
+
+    /// Prediction cache: most bytes its entries may count (keys, output tensors, overhead).
+    #[arg(long, env = "KINFER_CACHE_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_bytes: Option<u64>,
+
+    /// Prediction cache: seconds an entry may be served after it was stored (default: until
+    /// evicted).
+    #[arg(long, env = "KINFER_CACHE_TTL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_ttl_seconds: Option<u64>,
+
     /// Largest request body accepted, in bytes (larger → 413 PAYLOAD_TOO_LARGE).
     #[arg(long, env = "KINFER_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -390,7 +404,15 @@ mod tests {
 
     #[test]
     fn zero_deadlines_and_limits_are_refused_naming_the_setting() {
-        for flag in ["--body-timeout-ms", "--header-timeout-ms", "--idle-timeout-seconds", "--max-connections"] {
+        for flag in [
+            "--body-timeout-ms",
+            "--header-timeout-ms",
+            "--idle-timeout-seconds",
+            "--max-connections",
+            "--cache-max-entries",
+            "--cache-max-bytes",
+            "--cache-ttl-seconds",
+        ] {
             let err = Config::try_parse_from(["k", "--model-uri", "/m.onnx", flag, "0"]).unwrap_err().to_string();
             assert!(err.contains(flag) && err.contains("0"), "{flag}: {err}");
         }

@@ -184,6 +184,21 @@ fn fail(call: Option<&SharedCall>, e: ApiError) -> Status {
     status
 }
 
+/// The `ModelInfer` answer: the response with `x-kinfer-cache` metadata when the prediction cache
+/// is on (as the header on REST; the response also carries it as its `cache` parameter), or the
+/// error's status.
+fn answer(
+    result: Result<(pb::ModelInferResponse, Option<crate::cache::Status>), ApiError>,
+    call: Option<&SharedCall>,
+) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
+    let (resp, cache) = result.map_err(|e| fail(call, e))?;
+    let mut resp = tonic::Response::new(resp);
+    if let Some(status) = cache {
+        resp.metadata_mut().insert(crate::cache::HEADER, tonic::metadata::MetadataValue::from_static(status.as_str()));
+    }
+    Ok(resp)
+}
+
 fn version(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
@@ -247,7 +262,8 @@ impl GrpcInferenceService for Inference {
         if let Some(canary) = self.st.canary.get() {
             return self.with_canary(canary, call, req).await;
         }
-        self.infer(call.as_ref(), req.into_inner()).await.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+        let result = self.infer(call.as_ref(), req.into_inner()).await;
+        answer(result, call.as_ref())
     }
 
     async fn repository_index(
@@ -376,7 +392,7 @@ impl Inference {
                 crate::shadow::CTX.scope(crate::shadow::ShadowCtx { id: Box::new(id), headers }, fut).await
             }
         };
-        result.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+        answer(result, call.as_ref())
     }
 
     /// The call's shared context, put there by [`call_context`].
@@ -384,12 +400,12 @@ impl Inference {
         req.extensions().get::<SharedCall>().cloned()
     }
 
-    /// decode → infer → encode.
+    /// decode → infer → encode; also says how the prediction cache answered (when it is on).
     async fn infer(
         &self,
         call: Option<&SharedCall>,
         msg: pb::ModelInferRequest,
-    ) -> Result<pb::ModelInferResponse, ApiError> {
+    ) -> Result<(pb::ModelInferResponse, Option<crate::cache::Status>), ApiError> {
         let st = &self.st;
         let engine = st.engine(&msg.model_name, version(&msg.model_version))?;
         let mut deadline = None;
@@ -421,8 +437,16 @@ impl Inference {
             (a, b) => a.or(b),
         };
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
-        let outputs = crate::server::infer(st, &engine, req.inputs, timeout_ms).await?;
-        Ok(codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw))
+        let cache = crate::cache::Use { outputs: &req.outputs, enabled: req.cache };
+        let done = crate::server::infer(st, &engine, req.inputs, timeout_ms, cache).await?;
+        let mut resp = codec::encode(&engine.info, req.id, &done.outputs, &req.outputs, req.raw);
+        if let Some(status) = done.cache {
+            let value = pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(status.as_str().into())),
+            };
+            resp.parameters.insert("cache".into(), value);
+        }
+        Ok((resp, done.cache))
     }
 }
 

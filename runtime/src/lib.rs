@@ -3,6 +3,7 @@
 //! one port, and the protocol's gRPC service (with gRPC health and reflection) on a second one.
 
 pub mod access;
+pub mod cache;
 pub mod canary;
 pub mod classes;
 pub mod config;
@@ -54,6 +55,28 @@ pub fn write_termination_log(cfg: &Config, message: &str) {
     if path.exists() {
         let _ = std::fs::write(path, message);
     }
+}
+
+/// Creates the prediction cache when `KINFER_CACHE_MAX_ENTRIES` or `KINFER_CACHE_MAX_BYTES` is
+/// set, and starts its TTL sweep.
+pub fn start_cache(cfg: &Config, metrics: &Metrics) -> Result<Option<Arc<cache::Cache>>, Fatal> {
+    let Some(settings) = cache::Settings::new(cfg.cache_max_entries, cfg.cache_max_bytes, cfg.cache_ttl_seconds) else {
+        if cfg.cache_ttl_seconds.is_some() {
+            tracing::warn!(
+                "KINFER_CACHE_TTL_SECONDS is set but neither KINFER_CACHE_MAX_ENTRIES nor KINFER_CACHE_MAX_BYTES: the prediction cache is off"
+            );
+        }
+        return Ok(None);
+    };
+    let cache = cache::Cache::new(settings, metrics, &cfg.served_name(), &cfg.model_version)
+        .map_err(|e| Fatal(format!("cannot create the prediction cache's metrics: {e}")))?;
+    let cache = Arc::new(cache);
+    cache.spawn_sweeper();
+    tracing::info!(
+        max_entries = ?settings.max_entries, max_bytes = ?settings.max_bytes, ttl_s = ?settings.ttl.map(|t| t.as_secs()),
+        "prediction cache on"
+    );
+    Ok(Some(cache))
 }
 
 /// Starts the request log when `KINFER_LOG_URI` is set.

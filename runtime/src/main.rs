@@ -63,6 +63,7 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
     .map_err(Fatal)?;
     let cors = kinfer_runtime::access::cors_layer(cfg.cors_origins.as_deref()).map_err(Fatal)?;
     let log = kinfer_runtime::start_request_log(&cfg, &metrics).await?;
+    let cache = kinfer_runtime::start_cache(&cfg, &metrics)?;
     let state = server::new_state(
         server::StateConfig {
             models: models.clone(),
@@ -71,6 +72,7 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
             request_timeout: Duration::from_millis(cfg.request_timeout_ms.max(1)),
             max_body_bytes: cfg.max_body_bytes,
             body_timeout: Duration::from_millis(cfg.body_timeout_ms),
+            cache,
         },
         metrics,
         access,

@@ -45,7 +45,8 @@ pub struct InferenceRequest {
     inputs: Vec<RequestInput>,
     /// Subset of outputs to return (all when omitted).
     outputs: Option<Vec<RequestOutput>>,
-    /// `timeout_ms`: deadline for this request; `binary_data_output`: all outputs binary.
+    /// `timeout_ms`: deadline for this request; `binary_data_output`: all outputs binary;
+    /// `cache`: `false` bypasses the prediction cache (when it is on).
     #[schema(value_type = Object)]
     parameters: Option<serde_json::Value>,
 }
@@ -114,6 +115,8 @@ pub struct PredictResponse {
     model_version: String,
     #[schema(value_type = Vec<Object>, example = json!([{"label": 0, "probabilities": {"0": 0.98, "1": 0.02, "2": 0.0}}]))]
     predictions: Vec<serde_json::Value>,
+    /// Present when the prediction cache is on: whether the answer came from it.
+    cached: Option<bool>,
 }
 
 /// Every error.

@@ -47,6 +47,8 @@ pub struct AppState {
     pub access: crate::access::Access,
     /// The request/response log, when on.
     pub log: Option<Arc<crate::requestlog::RequestLog>>,
+    /// The prediction cache, when on.
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// The canary this stable runtime routes to (KINFER_CANARY_URL), set before serving.
     pub canary: OnceLock<Arc<crate::canary::Canary>>,
 }
@@ -289,22 +291,41 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, 
     })
 }
 
-/// Runs inference under the request's deadline (client `timeout_ms`, capped by the server's).
+/// What [`infer`] answers: the outputs, and how the prediction cache answered (when it is on).
+pub(crate) struct Inferred {
+    pub outputs: Arc<Vec<Tensor>>,
+    pub cache: Option<crate::cache::Status>,
+}
+
+/// Runs inference under the request's deadline (client `timeout_ms`, capped by the server's),
+/// through the prediction cache when it is on (`cache` says what the request asked for).
 pub(crate) async fn infer(
     st: &AppState,
     engine: &Engine,
     inputs: Vec<Tensor>,
     timeout_ms: Option<u64>,
-) -> Result<Vec<Tensor>, ApiError> {
+    cache: crate::cache::Use<'_>,
+) -> Result<Inferred, ApiError> {
     let deadline = match timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(st.request_timeout),
         None => st.request_timeout,
     };
     // Sampled requests keep a copy of their inputs for the request log.
     let log_inputs = st.log.as_ref().filter(|l| l.sampled()).map(|_| inputs.clone());
+    // Shadow copies are taken of every request, hits included: a hit's outputs are stable's.
     let shadow = st.canary.get().and_then(|c| c.shadow.as_ref());
     let shadow_copy = shadow.and_then(|s| s.take(&inputs, log_inputs.is_some()));
-    let result = match tokio::time::timeout(deadline, engine.infer(inputs)).await {
+    let run = async {
+        match &st.cache {
+            Some(c) => {
+                let (info, run) = (&engine.info, |inputs| engine.infer(inputs));
+                let (outputs, status) = c.get_or_run(&info.name, &info.version, inputs, cache, run).await;
+                outputs.map(|outputs| Inferred { outputs, cache: Some(status) })
+            }
+            None => engine.infer(inputs).await.map(|o| Inferred { outputs: Arc::new(o), cache: None }),
+        }
+    };
+    let result = match tokio::time::timeout(deadline, run).await {
         Ok(Err(e)) if e.code == ErrorCode::RateLimited => {
             st.metrics.requests_rejected.with_label_values(&["queue_capacity"]).inc();
             Err(e)
@@ -315,17 +336,24 @@ pub(crate) async fn infer(
             format!("inference did not finish within {} ms", deadline.as_millis()),
         )),
     };
-    if let (Some(s), Some(copy), Ok(outputs)) = (shadow, shadow_copy, &result) {
-        s.submit(copy, outputs, st.log.as_ref(), &engine.info.name);
+    if let (Some(s), Some(copy), Ok(done)) = (shadow, shadow_copy, &result) {
+        s.submit(copy, &done.outputs, st.log.as_ref(), &engine.info.name);
     }
-    if let (Some(inputs), Ok(outputs)) = (log_inputs, &result) {
+    if let (Some(inputs), Ok(done)) = (log_inputs, &result) {
         let _ = REQUEST.try_with(|ctx| {
             if let Ok(mut slot) = ctx.logged.lock() {
-                *slot = Some((inputs, outputs.clone()));
+                *slot = Some((inputs, done.outputs.as_ref().clone()));
             }
         });
     }
     result
+}
+
+/// Sets `x-kinfer-cache` (hit, miss or bypass) when the prediction cache is on.
+fn mark_cache(resp: &mut Response, status: Option<crate::cache::Status>) {
+    if let Some(s) = status {
+        resp.headers_mut().insert(crate::cache::HEADER, HeaderValue::from_static(s.as_str()));
+    }
 }
 
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2", params(("model" = String, Path, description = "Served model name")), request_body = crate::openapi::InferenceRequest, responses((status = 200, description = "Outputs (with the binary tensor extension: JSON header, then raw tensors; see Inference-Header-Content-Length)", body = crate::openapi::InferenceResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
@@ -347,9 +375,11 @@ pub(crate) async fn v2_infer(
         None => None,
     };
     let req = crate::image::decode_v2(Some(&engine.image), body, header_len, &engine.info, st.limits).await?;
-    let outputs = infer(&st, &engine, req.inputs, req.timeout_ms).await?;
-    let enc = v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs);
-    let resp = match enc.header_len {
+    let selected: Vec<usize> = req.outputs.iter().map(|(i, _)| *i).collect();
+    let cache = crate::cache::Use { outputs: &selected, enabled: req.cache };
+    let done = infer(&st, &engine, req.inputs, req.timeout_ms, cache).await?;
+    let enc = v2::encode(&engine.info, req.id.as_deref(), &done.outputs, &req.outputs);
+    let mut resp = match enc.header_len {
         None => json(StatusCode::OK, enc.body),
         Some(n) => {
             let mut r = (StatusCode::OK, enc.body).into_response();
@@ -358,6 +388,7 @@ pub(crate) async fn v2_infer(
             r
         }
     };
+    mark_cache(&mut resp, done.cache);
     Ok(resp)
 }
 
@@ -387,9 +418,11 @@ pub(crate) struct PredictQuery {
     model: Option<String>,
     /// `/predict`: the model's version (default: the highest loaded).
     version: Option<String>,
+    /// `false` bypasses the prediction cache (parsed by [`crate::cache::parse_query_flag`]).
+    cache: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "v1", params(("model" = String, Path, description = "Served model name"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body = crate::openapi::InstancesRequest, responses((status = 200, description = "One prediction per row", body = crate::openapi::V1Response), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "v1", params(("model" = String, Path, description = "Served model name"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request"), ("cache" = Option<bool>, Query, description = "false bypasses the prediction cache")), request_body = crate::openapi::InstancesRequest, responses((status = 200, description = "One prediction per row", body = crate::openapi::V1Response), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
 pub(crate) async fn v1_predict(
     State(st): State<Arc<AppState>>,
     Path(target): Path<String>,
@@ -409,11 +442,15 @@ pub(crate) async fn v1_predict(
     let inputs = v1::decode(&body, &engine.info, st.limits)?;
     let n = rows_of(&inputs);
     let q = query_params(query)?;
-    let outputs = infer(&st, &engine, inputs, q.timeout_ms).await?;
-    Ok(json(StatusCode::OK, v1::encode_v1(&outputs, n)))
+    let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
+    let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
+    let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
+    let mut resp = json(StatusCode::OK, v1::encode_v1(&done.outputs, n));
+    mark_cache(&mut resp, done.cache);
+    Ok(resp)
 }
 
-#[utoipa::path(post, path = "/predict", tag = "predict", params(("model" = Option<String>, Query, description = "The model, when the server serves several (required then)"), ("version" = Option<String>, Query, description = "The model's version (default: the highest loaded)"), ("threshold" = Option<f64>, Query, description = "Binary classifiers: decision = score >= threshold"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body(content((crate::openapi::InstancesRequest = "application/json"), (String = "multipart/form-data")), description = "Rows as JSON, or JPEG/PNG files as multipart for image models"), responses((status = 200, description = "Predictions in request order", body = crate::openapi::PredictResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(post, path = "/predict", tag = "predict", params(("model" = Option<String>, Query, description = "The model, when the server serves several (required then)"), ("version" = Option<String>, Query, description = "The model's version (default: the highest loaded)"), ("threshold" = Option<f64>, Query, description = "Binary classifiers: decision = score >= threshold"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request"), ("cache" = Option<bool>, Query, description = "false bypasses the prediction cache")), request_body(content((crate::openapi::InstancesRequest = "application/json"), (String = "multipart/form-data")), description = "Rows as JSON, or JPEG/PNG files as multipart for image models"), responses((status = 200, description = "Predictions in request order", body = crate::openapi::PredictResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
 pub(crate) async fn predict(
     State(st): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
@@ -439,15 +476,20 @@ pub(crate) async fn predict(
         None => (v1::decode(&body, &engine.info, st.limits)?, None),
     };
     let n = rows_of(&inputs);
-    let outputs = infer(&st, &engine, inputs, q.timeout_ms).await?;
-    if q.threshold.is_none()
-        && let Some(body) =
-            crate::image::encode_predict(Some(&engine.image), &engine.info, &outputs, n, files.as_deref())
-    {
-        return Ok(json(StatusCode::OK, body));
-    }
-    let opts = v1::PredictOptions { threshold: q.threshold };
-    Ok(json(StatusCode::OK, v1::encode_predict(&engine.info, &outputs, n, opts)))
+    let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
+    let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
+    let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
+    let outputs = done.outputs.as_slice();
+    let image_body = match q.threshold {
+        None => crate::image::encode_predict(Some(&engine.image), &engine.info, outputs, n, files.as_deref()),
+        Some(_) => None,
+    };
+    let mut body = image_body
+        .unwrap_or_else(|| v1::encode_predict(&engine.info, outputs, n, v1::PredictOptions { threshold: q.threshold }));
+    crate::cache::mark_json_object(&mut body, done.cache);
+    let mut resp = json(StatusCode::OK, body);
+    mark_cache(&mut resp, done.cache);
+    Ok(resp)
 }
 
 fn query_params(q: Result<Query<PredictQuery>, QueryRejection>) -> Result<PredictQuery, ApiError> {
@@ -599,6 +641,8 @@ pub struct StateConfig {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// The prediction cache (off when `None`).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 pub fn new_state(
@@ -617,6 +661,7 @@ pub fn new_state(
         body_timeout: cfg.body_timeout,
         access,
         log,
+        cache: cfg.cache,
         canary: OnceLock::new(),
     })
 }

@@ -247,6 +247,18 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
     if let Some(c) = &spec.cors {
         env.push(value("KINFER_CORS_ORIGINS", &c.allowed_origins.join(",")));
     }
+    if let Some(c) = &spec.cache {
+        if let Some(n) = c.max_entries {
+            env.push(value("KINFER_CACHE_MAX_ENTRIES", &n.to_string()));
+        }
+        // Validated: a whole number of bytes (the runtime takes an integer, not a quantity).
+        if let Some(b) = c.max_bytes.as_ref().and_then(crate::validate::parse_bytes) {
+            env.push(value("KINFER_CACHE_MAX_BYTES", &b.to_string()));
+        }
+        if let Some(t) = c.ttl_seconds {
+            env.push(value("KINFER_CACHE_TTL_SECONDS", &t.to_string()));
+        }
+    }
     if let Some(l) = &spec.limits {
         let limits = [
             ("KINFER_MAX_BATCH_ROWS", l.max_batch_rows.map(i64::from)),

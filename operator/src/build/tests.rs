@@ -389,6 +389,9 @@ fn logging_cors_limits_and_image_settings_reach_the_runtime_env() {
         Some("resize=256,crop=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225")
     );
     assert_eq!(v("KINFER_TOP_K").as_deref(), Some("3"));
+    assert_eq!(v("KINFER_CACHE_MAX_ENTRIES").as_deref(), Some("10000"));
+    assert_eq!(v("KINFER_CACHE_MAX_BYTES").as_deref(), Some("67108864"), "64Mi → bytes");
+    assert_eq!(v("KINFER_CACHE_TTL_SECONDS").as_deref(), Some("300"));
 
     // only the limits that are set; "*" passes through; a rate of 0 (off) is passed as such
     let mut isvc = fixture("minimal.yaml");
@@ -527,4 +530,22 @@ fn the_secured_example_builds_auth_cors_and_limits() {
     {
         assert!(env_value(&d, var).is_some(), "{var}");
     }
+}
+
+#[test]
+fn the_cache_reaches_the_runtime_env_only_when_set() {
+    let env = env_map(&build_deployment(&valid("minimal.yaml")));
+    for absent in ["KINFER_CACHE_MAX_ENTRIES", "KINFER_CACHE_MAX_BYTES", "KINFER_CACHE_TTL_SECONDS"] {
+        assert!(!env.contains_key(absent), "{absent} set without spec.cache");
+    }
+    // maxBytes as a plain integer; no TTL: entries stay until evicted.
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.cache = Some(crate::crd::CacheSpec {
+        max_bytes: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("5000000".into())),
+        ..Default::default()
+    });
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    assert_eq!(env_value(&d, "KINFER_CACHE_MAX_BYTES").as_deref(), Some("5000000"));
+    assert_eq!(env_value(&d, "KINFER_CACHE_MAX_ENTRIES"), None);
+    assert_eq!(env_value(&d, "KINFER_CACHE_TTL_SECONDS"), None);
 }
