@@ -59,6 +59,7 @@ pub async fn load_model(
     let (sessions_wanted, intra) = cfg.session_layout(size);
     tracing::info!(sessions = sessions_wanted, intra_threads = intra, "session layout");
     let (name, version, uri) = (state.name.clone(), state.version.clone(), cfg.model_uri.clone());
+    let inline_budget = Duration::from_micros(cfg.inline_budget_us);
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, Fatal> {
         let bytes =
             std::fs::read(&path).map_err(|e| Fatal(format!("cannot read model file {}: {e}", path.display())))?;
@@ -72,11 +73,18 @@ pub async fn load_model(
         for s in sessions.iter_mut() {
             model::run(s, &info, &warm).map_err(|e| Fatal(format!("warm-up inference failed: {e}")))?;
         }
-        Ok((sessions, info))
+        let inline = inline_policy(&mut sessions[0], &info, &warm, inline_budget);
+        Ok((sessions, info, inline))
     })
     .await
     .map_err(|e| Fatal(format!("model loading thread failed: {e}")))??;
-    let (sessions, mut info) = loaded;
+    let (sessions, mut info, inline) = loaded;
+    tracing::info!(
+        budget_us = inline.budget.as_micros() as u64,
+        one_row_us = inline.base.as_secs_f64() * 1e6,
+        per_row_us = inline.per_row.as_secs_f64() * 1e6,
+        "inline inference policy (KINFER_INLINE_BUDGET_US)"
+    );
     let images = images.resolve(&mut info).map_err(Fatal)?;
     let _ = state.image.set(images);
     let info = Arc::new(info);
@@ -85,7 +93,7 @@ pub async fn load_model(
         max_batch_size: cfg.max_batch_size.max(1),
         max_delay: Duration::from_micros(cfg.max_batch_delay_us),
     };
-    let engine = engine::Engine::start(sessions, info.clone(), batch, cfg.queue_capacity(), hist)
+    let engine = engine::Engine::start(sessions, info.clone(), batch, cfg.queue_capacity(), hist, inline)
         .map_err(|e| Fatal(format!("cannot start inference threads: {e}")))?;
     if cfg.max_batch_size > 1 && !engine.batching() {
         tracing::warn!(
@@ -101,6 +109,36 @@ pub async fn load_model(
         batching = engine.batching(), load_ms = elapsed.as_millis() as u64, "model ready");
     server::set_ready(state, engine, &info);
     Ok(())
+}
+
+/// Rows of the second warm-up timing, for the per-row cost of [`engine::InlinePolicy`].
+const INLINE_PROBE_ROWS: usize = 64;
+
+/// Times warm-up runs of one row and of [`INLINE_PROBE_ROWS`] rows (models with a dynamic batch
+/// dimension) to decide which requests run inline; off when the budget is zero or timing fails.
+fn inline_policy(
+    session: &mut ort::session::Session,
+    info: &model::ModelInfo,
+    warm: &[tensor::Tensor],
+    budget: Duration,
+) -> engine::InlinePolicy {
+    if budget.is_zero() {
+        return engine::InlinePolicy::OFF;
+    }
+    let Ok(one) = engine::time_runs(session, info, warm, 5) else { return engine::InlinePolicy::OFF };
+    let larger = info.has_dynamic_batch().then(|| {
+        let big: Vec<tensor::Tensor> = warm
+            .iter()
+            .map(|t| {
+                let mut shape = t.shape.clone();
+                shape[0] = INLINE_PROBE_ROWS as i64;
+                let n = tensor::element_count(&shape).unwrap_or(0);
+                tensor::Tensor { name: t.name.clone(), shape, data: tensor::TensorData::zeros(t.datatype(), n) }
+            })
+            .collect();
+        engine::time_runs(session, info, &big, 3).ok().map(|t| (INLINE_PROBE_ROWS, t))
+    });
+    engine::InlinePolicy::from_warmup(budget, one, larger.flatten())
 }
 
 /// Writes the fatal message where Kubernetes reads it (when that file exists).
