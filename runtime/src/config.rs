@@ -98,8 +98,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
 
     /// Run a request on the async worker that decoded it, instead of handing it to an inference
-    /// thread, when the warm-up timing predicts it takes at most this many microseconds and
-    /// dynamic batching is off (0 = always hand requests to the inference threads).
+    /// thread, when no other request is in the engine, dynamic batching is off, and the warm-up
+    /// timing predicts it takes at most this many microseconds (0 = always hand requests to the
+    /// inference threads).
     #[arg(long = "inline-budget-us", env = "KINFER_INLINE_BUDGET_US", default_value_t = 200)]
     pub inline_budget_us: u64,
 

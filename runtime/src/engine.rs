@@ -4,16 +4,21 @@
 //! `max_delay` for more), then splits the outputs back; a merged run that fails is retried request
 //! by request so errors stay per request.
 //!
-//! **Inline runs.** A model that takes microseconds costs less to run than to hand to another
-//! thread (a queue push, a futex wake of the inference thread, and a wake of the async task
-//! again). With batching off, a request whose predicted run time is within the inline budget
-//! ([`InlinePolicy`], from the warm-up timing: a fixed cost plus a cost per row) runs on the async
-//! worker that decoded it, on the first session that is free at that moment; when every session
-//! is busy, or the run is predicted to take longer, it takes the queue as before. So an async
-//! worker is never held for longer than the budget, and never waits for a session.
+//! **Inline runs.** On an idle server a model that takes microseconds costs less to run than to
+//! hand to another thread (a queue push, a futex wake of a parked inference thread, and a wake of
+//! the async task again, each from idle). With batching off, a request that finds no other request
+//! in the engine and whose predicted run time is within the inline budget ([`InlinePolicy`], from
+//! the warm-up timing: a fixed cost plus a cost per row) runs on the async worker that decoded it,
+//! on a session that is free at that moment. Otherwise it takes the queue: under concurrency the
+//! inference threads are awake already and keep the async workers free for I/O, which measured
+//! better than inline runs there (docs/benchmarks.md). An async worker is never held for longer
+//! than the budget, and never waits for a session.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -96,6 +101,17 @@ pub struct Engine {
     sessions: Sessions,
     inline: InlinePolicy,
     hist: ModelHistograms,
+    /// Requests inside [`Engine::infer`] (queued, running, or waiting for their reply).
+    active: AtomicUsize,
+}
+
+/// Counts a request in [`Engine::active`] until it leaves `infer`, cancelled or not.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Engine {
@@ -125,7 +141,7 @@ impl Engine {
             };
             std::thread::Builder::new().name(format!("kinfer-infer-{i}")).spawn(move || worker.run())?;
         }
-        Ok(Engine { tx, info, batching, sessions, inline, hist })
+        Ok(Engine { tx, info, batching, sessions, inline, hist, active: AtomicUsize::new(0) })
     }
 
     pub fn batching(&self) -> bool {
@@ -140,8 +156,10 @@ impl Engine {
     /// Runs inference on inputs in the model's input order.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {
         let rows = inputs.first().and_then(|t| t.shape.first()).map(|d| (*d).max(0) as usize).unwrap_or(1);
-        if self.inline.allows(rows) {
-            // The first free session, if any; a busy one is never waited for here.
+        let others = self.active.fetch_add(1, Ordering::AcqRel);
+        let _active = Active(&self.active);
+        if others == 0 && self.inline.allows(rows) {
+            // A free session, if any; a busy one is never waited for here.
             if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
                 self.hist.queue.observe(0.0);
                 return timed_run(&mut session, &self.info, &self.hist, &inputs, rows).map_err(inference_error);
