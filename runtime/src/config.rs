@@ -126,6 +126,13 @@ pub struct Config {
     #[arg(long, env = "KINFER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// Run a request on the async worker that decoded it, instead of handing it to an inference
+    /// thread, when no other request is in the engine, dynamic batching is off, and the warm-up
+    /// timing predicts it takes at most this many microseconds (0 = always hand requests to the
+    /// inference threads).
+    #[arg(long = "inline-budget-us", env = "KINFER_INLINE_BUDGET_US", default_value_t = 200)]
+    pub inline_budget_us: u64,
+
     /// Requests that may wait for an inference thread; beyond it → 429 RATE_LIMITED at once.
     #[arg(long, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,

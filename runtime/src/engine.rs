@@ -1,11 +1,24 @@
-//! Inference threads. Each ONNX Runtime session is owned by one dedicated OS thread that takes
-//! jobs from a bounded queue, so inference never runs on the async workers. With dynamic batching
-//! on, a thread merges the queued requests whose non-batch dimensions match into one session run
-//! (up to `max_batch_size` rows, waiting at most `max_delay` for more), then splits the outputs back;
-//! a merged run that fails is retried request by request so errors stay per request.
+//! Inference threads. Each ONNX Runtime session has one dedicated OS thread that takes jobs from a
+//! bounded queue. With dynamic batching on, a thread merges the queued requests whose non-batch
+//! dimensions match into one session run (up to `max_batch_size` rows, waiting at most
+//! `max_delay` for more), then splits the outputs back; a merged run that fails is retried request
+//! by request so errors stay per request.
+//!
+//! **Inline runs.** On an idle server a model that takes microseconds costs less to run than to
+//! hand to another thread (a queue push, a futex wake of a parked inference thread, and a wake of
+//! the async task again, each from idle). With batching off, a request that finds no other request
+//! in the engine and whose predicted run time is within the inline budget ([`InlinePolicy`], from
+//! the warm-up timing: a fixed cost plus a cost per row) runs on the async worker that decoded it,
+//! on a session that is free at that moment. Otherwise it takes the queue: under concurrency the
+//! inference threads are awake already and keep the async workers free for I/O, which measured
+//! better than inline runs there (docs/benchmarks.md). An async worker is never held for longer
+//! than the budget, and never waits for a session.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -35,38 +48,123 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Tensor>, ApiError>>,
 }
 
+/// Which requests run inline on the async worker (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct InlinePolicy {
+    /// Longest predicted run that goes inline; zero turns inline runs off.
+    pub budget: Duration,
+    /// Predicted run time of a one-row request (the warm-up's).
+    pub base: Duration,
+    /// Predicted extra time per row beyond the first.
+    pub per_row: Duration,
+}
+
+impl InlinePolicy {
+    /// No inline runs: every request takes the queue.
+    pub const OFF: InlinePolicy = InlinePolicy { budget: Duration::ZERO, base: Duration::MAX, per_row: Duration::MAX };
+
+    /// The policy from warm-up timings: `one` for a one-row run, and `(rows, time)` for a larger
+    /// batch when the model has a dynamic batch dimension.
+    pub fn from_warmup(budget: Duration, one: Duration, larger: Option<(usize, Duration)>) -> InlinePolicy {
+        let per_row = match larger {
+            Some((rows, t)) if rows > 1 => t.saturating_sub(one) / (rows as u32 - 1).max(1),
+            // Without a measured slope, assume every row costs a whole run.
+            _ => one,
+        };
+        InlinePolicy { budget, base: one, per_row }
+    }
+
+    /// Whether a request of `rows` rows is predicted to finish within the budget.
+    pub fn allows(&self, rows: usize) -> bool {
+        if self.budget.is_zero() {
+            return false;
+        }
+        let extra = u32::try_from(rows.saturating_sub(1)).ok().and_then(|r| self.per_row.checked_mul(r));
+        matches!(extra.and_then(|e| self.base.checked_add(e)), Some(t) if t <= self.budget)
+    }
+}
+
+/// The sessions, each behind a lock: held by its inference thread while it runs a job, or by an
+/// async worker for an inline run.
+type Sessions = Arc<[Mutex<Session>]>;
+
+fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    // A panic inside ONNX Runtime leaves the session as usable as it was; keep serving.
+    session.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Handle to the inference threads.
 pub struct Engine {
     tx: Sender<Job>,
     pub info: Arc<ModelInfo>,
     batching: bool,
+    sessions: Sessions,
+    inline: InlinePolicy,
+    hist: ModelHistograms,
+    /// Requests inside [`Engine::infer`] (queued, running, or waiting for their reply).
+    active: AtomicUsize,
+}
+
+/// Counts a request in [`Engine::active`] until it leaves `infer`, cancelled or not.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Engine {
-    /// Starts one thread per session. `queue` bounds the jobs waiting for a thread.
+    /// Starts one thread per session. `queue` bounds the jobs waiting for a thread; `inline`
+    /// says which requests may run on the caller's thread instead (never with batching on).
     pub fn start(
         sessions: Vec<Session>,
         info: Arc<ModelInfo>,
         batch: BatchConfig,
         queue: usize,
         hist: ModelHistograms,
+        inline: InlinePolicy,
     ) -> std::io::Result<Engine> {
         let batching = batch.max_batch_size > 1 && info.has_dynamic_batch();
+        let inline = if batching { InlinePolicy::OFF } else { inline };
+        let sessions: Sessions = sessions.into_iter().map(Mutex::new).collect();
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue.max(1));
-        for (i, session) in sessions.into_iter().enumerate() {
-            let worker = Worker { session, info: info.clone(), rx: rx.clone(), batch, batching, hist: hist.clone() };
+        for i in 0..sessions.len() {
+            let worker = Worker {
+                sessions: sessions.clone(),
+                index: i,
+                info: info.clone(),
+                rx: rx.clone(),
+                batch,
+                batching,
+                hist: hist.clone(),
+            };
             std::thread::Builder::new().name(format!("kinfer-infer-{i}")).spawn(move || worker.run())?;
         }
-        Ok(Engine { tx, info, batching })
+        Ok(Engine { tx, info, batching, sessions, inline, hist, active: AtomicUsize::new(0) })
     }
 
     pub fn batching(&self) -> bool {
         self.batching
     }
 
+    /// Whether requests of `rows` rows may run inline (see the module docs).
+    pub fn runs_inline(&self, rows: usize) -> bool {
+        self.inline.allows(rows)
+    }
+
     /// Runs inference on inputs in the model's input order.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {
         let rows = inputs.first().and_then(|t| t.shape.first()).map(|d| (*d).max(0) as usize).unwrap_or(1);
+        let others = self.active.fetch_add(1, Ordering::AcqRel);
+        let _active = Active(&self.active);
+        if others == 0 && self.inline.allows(rows) {
+            // A free session, if any; a busy one is never waited for here.
+            if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
+                self.hist.queue.observe(0.0);
+                return timed_run(&mut session, &self.info, &self.hist, &inputs, rows).map_err(inference_error);
+            }
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), reply };
         match self.tx.try_send(job) {
@@ -83,7 +181,9 @@ impl Engine {
 }
 
 struct Worker {
-    session: Session,
+    sessions: Sessions,
+    /// The session this thread runs.
+    index: usize,
     info: Arc<ModelInfo>,
     rx: Receiver<Job>,
     batch: BatchConfig,
@@ -137,11 +237,8 @@ impl Worker {
     }
 
     fn timed_run(&mut self, inputs: &[Tensor], rows: usize) -> Result<Vec<Tensor>, String> {
-        let start = Instant::now();
-        let out = model::run(&mut self.session, &self.info, inputs);
-        self.hist.inference.observe(start.elapsed().as_secs_f64());
-        self.hist.batch.observe(rows as f64);
-        out
+        let mut session = lock(&self.sessions[self.index]);
+        timed_run(&mut session, &self.info, &self.hist, inputs, rows)
     }
 
     fn run_one(&mut self, job: Job) {
@@ -181,6 +278,33 @@ impl Worker {
             }
         }
     }
+}
+
+/// One session run, recorded in the inference-time and batch-size histograms.
+fn timed_run(
+    session: &mut Session,
+    info: &ModelInfo,
+    hist: &ModelHistograms,
+    inputs: &[Tensor],
+    rows: usize,
+) -> Result<Vec<Tensor>, String> {
+    let start = Instant::now();
+    let out = model::run(session, info, inputs);
+    hist.inference.observe(start.elapsed().as_secs_f64());
+    hist.batch.observe(rows as f64);
+    out
+}
+
+/// The median time of `runs` session runs of `inputs` (at least one), for [`InlinePolicy`].
+pub fn time_runs(session: &mut Session, info: &ModelInfo, inputs: &[Tensor], runs: usize) -> Result<Duration, String> {
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        model::run(session, info, inputs)?;
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
 }
 
 fn inference_error(message: String) -> ApiError {
@@ -249,6 +373,24 @@ mod tests {
     fn job(inputs: Vec<Tensor>) -> Job {
         let rows = inputs[0].shape[0] as usize;
         Job { inputs, rows, enqueued: Instant::now(), reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn inline_policy_predicts_from_the_warm_up() {
+        let us = Duration::from_micros;
+        // 5 µs for one row, 69 µs for 65 rows: 1 µs per extra row.
+        let p = InlinePolicy::from_warmup(us(100), us(5), Some((65, us(69))));
+        assert_eq!(p.per_row, us(1));
+        assert!(p.allows(1) && p.allows(96));
+        assert!(!p.allows(97));
+        assert!(!p.allows(usize::MAX));
+        // No slope measured: each row is assumed to cost a whole run.
+        let p = InlinePolicy::from_warmup(us(100), us(30), None);
+        assert!(p.allows(3) && !p.allows(4));
+        // A slow model, or a zero budget, never runs inline.
+        assert!(!InlinePolicy::from_warmup(us(100), us(500), None).allows(1));
+        assert!(!InlinePolicy::from_warmup(Duration::ZERO, us(1), None).allows(1));
+        assert!(!InlinePolicy::OFF.allows(1));
     }
 
     #[test]

@@ -71,7 +71,10 @@ pub fn decode_any(models: &Models, data: &[u8]) {
     match which % 9 {
         0 => {
             for m in [&models.tabular, &models.mixed] {
-                if let Ok(r) = v2::decode(rest, None, m, LIMITS) {
+                let r = v2::decode(rest, None, m, LIMITS);
+                // The one-pass decoder answers exactly as the two-pass reference does.
+                assert_eq!(r, v2::decode_two_pass(rest, None, m, LIMITS), "one-pass and two-pass v2 decoding differ");
+                if let Ok(r) = r {
                     check(&r.inputs);
                 }
             }
@@ -83,14 +86,22 @@ pub fn decode_any(models: &Models, data: &[u8]) {
                 _ => return,
             };
             for m in [&models.tabular, &models.mixed] {
-                if let Ok(r) = v2::decode(body, Some(n), m, LIMITS) {
+                let r = v2::decode(body, Some(n), m, LIMITS);
+                assert_eq!(
+                    r,
+                    v2::decode_two_pass(body, Some(n), m, LIMITS),
+                    "one-pass and two-pass v2 decoding differ"
+                );
+                if let Ok(r) = r {
                     check(&r.inputs);
                 }
             }
         }
         2 => {
             for m in [&models.tabular, &models.mixed, &models.image] {
-                if let Ok(t) = v1::decode(rest, m, LIMITS) {
+                let r = v1::decode(rest, m, LIMITS);
+                assert_eq!(r, v1::decode_two_pass(rest, m, LIMITS), "one-pass and two-pass V1 decoding differ");
+                if let Ok(t) = r {
                     check(&t);
                 }
             }

@@ -49,6 +49,36 @@ pub async fn load_models(
     state.models.load_all().await.map_err(Fatal)
 }
 
+/// Rows of the second warm-up timing, for the per-row cost of [`engine::InlinePolicy`].
+const INLINE_PROBE_ROWS: usize = 64;
+
+/// Times warm-up runs of one row and of [`INLINE_PROBE_ROWS`] rows (models with a dynamic batch
+/// dimension) to decide which requests run inline; off when the budget is zero or timing fails.
+pub(crate) fn inline_policy(
+    session: &mut ort::session::Session,
+    info: &model::ModelInfo,
+    warm: &[tensor::Tensor],
+    budget: Duration,
+) -> engine::InlinePolicy {
+    if budget.is_zero() {
+        return engine::InlinePolicy::OFF;
+    }
+    let Ok(one) = engine::time_runs(session, info, warm, 5) else { return engine::InlinePolicy::OFF };
+    let larger = info.has_dynamic_batch().then(|| {
+        let big: Vec<tensor::Tensor> = warm
+            .iter()
+            .map(|t| {
+                let mut shape = t.shape.clone();
+                shape[0] = INLINE_PROBE_ROWS as i64;
+                let n = tensor::element_count(&shape).unwrap_or(0);
+                tensor::Tensor { name: t.name.clone(), shape, data: tensor::TensorData::zeros(t.datatype(), n) }
+            })
+            .collect();
+        engine::time_runs(session, info, &big, 3).ok().map(|t| (INLINE_PROBE_ROWS, t))
+    });
+    engine::InlinePolicy::from_warmup(budget, one, larger.flatten())
+}
+
 /// Writes the fatal message where Kubernetes reads it (when that file exists).
 pub fn write_termination_log(cfg: &Config, message: &str) {
     let path = &cfg.termination_log;

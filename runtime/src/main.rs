@@ -14,6 +14,11 @@ use kinfer_runtime::{
 };
 use tokio::net::TcpListener;
 
+/// mimalloc instead of glibc malloc: a request allocates and frees dozens of small buffers
+/// (headers, JSON, tensors) across threads; see docs/benchmarks.md for the measured difference.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KINFER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())

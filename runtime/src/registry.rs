@@ -171,7 +171,8 @@ impl Loader {
         let (sessions_wanted, intra) = cfg.session_layout(size);
         tracing::info!(model = %spec.name, sessions = sessions_wanted, intra_threads = intra, "session layout");
         let (env, s) = (self.env.clone(), spec.clone());
-        let (sessions, mut info) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let inline_budget = Duration::from_micros(cfg.inline_budget_us);
+        let (sessions, mut info, inline) = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let bytes = std::fs::read(&path).map_err(|e| format!("cannot read model file {}: {e}", path.display()))?;
             let so = model::SessionOptions { intra_threads: intra };
             let mut sessions = Vec::with_capacity(sessions_wanted);
@@ -183,10 +184,18 @@ impl Loader {
             for session in sessions.iter_mut() {
                 model::run(session, &info, &warm).map_err(|e| format!("warm-up inference failed: {e}"))?;
             }
-            Ok((sessions, info))
+            let inline = crate::inline_policy(&mut sessions[0], &info, &warm, inline_budget);
+            Ok((sessions, info, inline))
         })
         .await
         .map_err(|e| format!("model loading thread failed: {e}"))??;
+        tracing::info!(
+            model = %spec.name,
+            budget_us = inline.budget.as_micros() as u64,
+            one_row_us = inline.base.as_secs_f64() * 1e6,
+            per_row_us = inline.per_row.as_secs_f64() * 1e6,
+            "inline inference policy (KINFER_INLINE_BUDGET_US)"
+        );
         let image = images.resolve(&mut info)?;
         let info = Arc::new(info);
         let hist = metrics::ModelHistograms::new(&self.metrics, &info.name, &info.version);
@@ -194,7 +203,7 @@ impl Loader {
             max_batch_size: cfg.max_batch_size.max(1),
             max_delay: Duration::from_micros(cfg.max_batch_delay_us),
         };
-        let engine = Engine::start(sessions, info.clone(), batch, cfg.queue_capacity(), hist)
+        let engine = Engine::start(sessions, info.clone(), batch, cfg.queue_capacity(), hist, inline)
             .map_err(|e| format!("cannot start inference threads: {e}"))?;
         if cfg.max_batch_size > 1 && !engine.batching() {
             tracing::warn!(model = %info.name,

@@ -596,6 +596,25 @@ fn strip_position(e: serde_json::Error) -> String {
     }
 }
 
+/// Decodes the next JSON value of a deserializer (a value or nested arrays of values) into `out`,
+/// as [`decode_json_into`] does from a string: the one-pass decoders use it inside their own
+/// parse of the request, with no pre-scan of the value. Errors carry the same text as
+/// [`decode_json_into`]'s, with the deserializer's position appended.
+pub struct DecodeSeed<'a> {
+    pub out: &'a mut TensorData,
+    pub shape: &'a mut ShapeTracker,
+    /// Caps the total number of elements in `out`.
+    pub limit: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for DecodeSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let DecodeSeed { out, shape, limit } = self;
+        with_data!(out, v => Flatten { out: v, shape, depth: 0, limit }.deserialize(d))
+    }
+}
+
 /// Decodes `json` (a value or nested arrays of values) as elements of `dt`, appending to `out`.
 /// `limit` caps the total number of elements in `out`.
 pub fn decode_json_into(

@@ -10,7 +10,7 @@ use super::{Limits, Nested, SeqOf, check_inputs, row, shape_str, too_many_rows};
 use crate::{
     error::ApiError,
     model::ModelInfo,
-    tensor::{ShapeTracker, Tensor, TensorData, decode_json_into},
+    tensor::{DecodeSeed, ShapeTracker, Tensor, TensorData, decode_json_into},
 };
 
 #[derive(Deserialize)]
@@ -21,6 +21,121 @@ struct InstancesJson<'a> {
 
 /// Decodes `{"instances": [...]}` into the model's inputs, in the model's order.
 pub fn decode(body: &[u8], info: &ModelInfo, limits: Limits) -> Result<Vec<Tensor>, ApiError> {
+    match decode_one_pass(body, info, limits) {
+        Some(tensors) => Ok(tensors),
+        None => decode_two_pass(body, info, limits),
+    }
+}
+
+/// The one-pass decoder, for a single-input model whose rows are arrays or scalars (what the
+/// V1 clients send): each row is decoded straight into the input's typed buffer while the body
+/// is parsed, with no raw pre-scan of the rows. `None` when the body needs the general decoder
+/// (object rows, several inputs) or is refused: the general decoder then answers, so the error
+/// messages are its own.
+fn decode_one_pass(body: &[u8], info: &ModelInfo, limits: Limits) -> Option<Vec<Tensor>> {
+    let [spec] = info.inputs.as_slice() else { return None };
+    let per_row = spec.shape.iter().skip(1).map(|d| (*d).max(1) as usize).fold(1usize, usize::saturating_mul);
+    let mut data = TensorData::empty(spec.datatype, per_row.min(body.len() / 2 + 1));
+    let mut rows = Rows { out: &mut data, row_shape: None, n: 0, max_rows: limits.max_rows, limit: body.len() };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(Instances(&mut rows), &mut de).ok()?;
+    de.end().ok()?;
+    let (n, row_shape) = (rows.n, rows.row_shape.take()?);
+    if n == 0 || row_shape.len() + 1 != spec.shape.len() {
+        return None;
+    }
+    let mut shape = Vec::with_capacity(spec.shape.len());
+    shape.push(n as i64);
+    shape.extend(row_shape);
+    check_inputs(info, vec![Tensor { name: spec.name.clone(), shape, data }], limits).ok()
+}
+
+/// `{"instances": [...]}` for [`decode_one_pass`]; other keys are skipped, as the general
+/// decoder skips them.
+struct Instances<'r, 'o>(&'r mut Rows<'o>);
+
+/// The rows decoded so far into one buffer, and the shape every row must share.
+struct Rows<'o> {
+    out: &'o mut TensorData,
+    row_shape: Option<Vec<i64>>,
+    n: usize,
+    max_rows: usize,
+    limit: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Instances<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Instances<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{\"instances\": [...]}")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let mut seen = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "instances" {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else if seen {
+                return Err(A::Error::duplicate_field("instances"));
+            } else {
+                seen = true;
+                map.next_value_seed(RowList(&mut *self.0))?;
+            }
+        }
+        if seen { Ok(()) } else { Err(A::Error::missing_field("instances")) }
+    }
+}
+
+struct RowList<'r, 'o>(&'r mut Rows<'o>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowList<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowList<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of instances")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let rows = self.0;
+        loop {
+            let mut tracker = ShapeTracker::default();
+            let seed = DecodeSeed { out: &mut *rows.out, shape: &mut tracker, limit: rows.limit };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            let shape = tracker.shape();
+            match &rows.row_shape {
+                None => rows.row_shape = Some(shape),
+                Some(first) if *first != shape => return Err(A::Error::custom("rows differ in shape")),
+                Some(_) => {}
+            }
+            rows.n += 1;
+            if rows.n > rows.max_rows {
+                // Over the limit: the general decoder names it.
+                return Err(A::Error::custom("too many rows"));
+            }
+        }
+    }
+}
+
+/// The general decoder: rows are scanned as raw JSON first, then each input's values are
+/// decoded row by row. Object rows and several inputs go through it, and every refused body
+/// (its errors are the ones users see); also the reference the one-pass decoder is tested
+/// against.
+#[doc(hidden)]
+pub fn decode_two_pass(body: &[u8], info: &ModelInfo, limits: Limits) -> Result<Vec<Tensor>, ApiError> {
     let req: InstancesJson<'_> =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid request JSON: {e}")))?;
     let n = req.instances.len();
@@ -281,6 +396,31 @@ mod tests {
         assert!(e.contains("empty"), "{e}");
         let e = decode(br#"{"rows":[]}"#, &iris(), LIMITS).unwrap_err().message;
         assert!(e.contains("missing field `instances`"), "{e}");
+    }
+
+    #[test]
+    fn one_pass_and_two_pass_decoders_agree() {
+        let bodies: [&[u8]; 12] = [
+            br#"{"instances":[[1,2,3,4],[5,6,7,8]]}"#,
+            br#"{"x":[1],"instances":[[1,2,3,4]],"y":{"z":2}}"#,
+            br#"{"instances":[{"input":[1,2,3,4]}]}"#,
+            br#"{"instances":[[1,2,3,4],[5,6,7]]}"#,
+            br#"{"instances":[[1,2,3,4],[[5,6,7,8]]]}"#,
+            br#"{"instances":[[1,2,"x",4]]}"#,
+            br#"{"instances":[1,2,3]}"#,
+            br#"{"instances":[[1,2,3,4],[1,2,3,4],[1,2,3,4],[1,2,3,4]]}"#,
+            br#"{"instances":[[1,2,3,4],[1,2,3,4],[1,2,3,4]]}"#,
+            br#"{"instances":[]}"#,
+            br#"{"instances":[[1,2,3,4]],"instances":[[1,2,3,4]]}"#,
+            br#"{"instances":[[1,2,3,4]]} x"#,
+        ];
+        for body in bodies {
+            let one = decode(body, &iris(), LIMITS);
+            assert_eq!(one, decode_two_pass(body, &iris(), LIMITS), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(decode_one_pass(bodies[0], &iris(), LIMITS).is_some());
+        assert!(decode_one_pass(bodies[8], &iris(), LIMITS).is_some(), "exactly the row limit");
+        assert!(decode_one_pass(bodies[7], &iris(), LIMITS).is_none(), "over the row limit");
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Open Inference Protocol v2 (KServe / Triton / MLServer) REST codec, including Triton's binary
 //! tensor extension (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`).
 
-use serde::{Deserialize, Serialize};
+use serde::{
+    Deserialize, Serialize,
+    de::{MapAccess, Visitor},
+};
 use serde_json::value::RawValue;
 
 use super::{Limits, check_inputs, input_header, shape_str};
 use crate::{
     error::ApiError,
     model::{ModelInfo, TensorSpec},
-    tensor::{ShapeTracker, Tensor, TensorData, decode_json_into},
+    tensor::{DataType, DecodeSeed, ShapeTracker, Tensor, TensorData, decode_json_into, element_count},
 };
 
 /// The header naming the length of the JSON part of a body that carries binary tensors.
@@ -17,20 +20,42 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// The platform named in model metadata (Triton's name for ONNX Runtime models).
 pub const PLATFORM: &str = "onnxruntime_onnx";
 
+/// The request body's JSON. `I` is how each input is parsed: [`InputJson`] in one pass, or
+/// [`RawInputJson`] in two.
 #[derive(Deserialize)]
-struct RequestJson<'a> {
+struct RequestJson<I> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(borrow)]
-    inputs: Vec<InputJson<'a>>,
+    inputs: Vec<I>,
     #[serde(default)]
     outputs: Option<Vec<OutputJson>>,
     #[serde(default)]
     parameters: Option<RequestParams>,
 }
 
-#[derive(Deserialize)]
+/// One input, parsed in one pass: when its `datatype` and `shape` come before `data` (as every
+/// client library sends them) the values are decoded straight into the typed buffer while the
+/// body is parsed; otherwise `data` is kept as raw JSON and decoded once the header is known.
+/// Any error makes [`decode_with_images`] parse the body again with [`RawInputJson`], whose
+/// messages are the ones users see, so both parses answer every request the same.
 struct InputJson<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: Option<DataJson<'a>>,
+    parameters: Option<InputParams>,
+}
+
+/// An input's `data`: decoded already, or its raw JSON.
+enum DataJson<'a> {
+    Decoded(TensorData),
+    Raw(&'a RawValue),
+}
+
+/// One input, parsed in two passes: `data` is only scanned as raw JSON here and decoded
+/// afterwards. The reference for [`InputJson`], and the parse whose errors users see.
+#[derive(Deserialize)]
+struct RawInputJson<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
@@ -38,6 +63,94 @@ struct InputJson<'a> {
     data: Option<&'a RawValue>,
     #[serde(default)]
     parameters: Option<InputParams>,
+}
+
+impl<'a> From<RawInputJson<'a>> for InputJson<'a> {
+    fn from(r: RawInputJson<'a>) -> Self {
+        InputJson {
+            name: r.name,
+            shape: r.shape,
+            datatype: r.datatype,
+            data: r.data.map(DataJson::Raw),
+            parameters: r.parameters,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum InputField {
+    Name,
+    Shape,
+    Datatype,
+    Data,
+    Parameters,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for InputJson<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(InputVisitor(std::marker::PhantomData))
+    }
+}
+
+struct InputVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+/// Element capacity reserved up front for one-pass decoding; the buffer grows past it as values
+/// arrive, so a claimed shape never reserves more than this.
+const EAGER_RESERVE: usize = 1 << 16;
+
+impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
+    type Value = InputJson<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an input tensor object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InputJson<'a>, A::Error> {
+        use serde::de::Error;
+        let (mut name, mut shape, mut datatype) = (None::<String>, None::<Vec<i64>>, None::<String>);
+        let mut data = None::<Option<DataJson<'a>>>;
+        let mut parameters = None::<Option<InputParams>>;
+        while let Some(key) = map.next_key::<InputField>()? {
+            match key {
+                InputField::Name if name.is_none() => name = Some(map.next_value()?),
+                InputField::Shape if shape.is_none() => shape = Some(map.next_value()?),
+                InputField::Datatype if datatype.is_none() => datatype = Some(map.next_value()?),
+                InputField::Parameters if parameters.is_none() => parameters = Some(map.next_value()?),
+                InputField::Data if data.is_none() => {
+                    let binary =
+                        parameters.as_ref().is_some_and(|p| p.as_ref().is_some_and(|p| p.binary_data_size.is_some()));
+                    let header = datatype
+                        .as_deref()
+                        .and_then(DataType::from_oip)
+                        .zip(shape.as_deref().and_then(element_count))
+                        .filter(|_| !binary);
+                    data = Some(match header {
+                        Some((dt, count)) => {
+                            let mut out = TensorData::empty(dt, count.min(EAGER_RESERVE));
+                            let mut tracker = ShapeTracker::default();
+                            map.next_value_seed(DecodeSeed { out: &mut out, shape: &mut tracker, limit: count })?;
+                            Some(DataJson::Decoded(out))
+                        }
+                        None => map.next_value::<Option<&'de RawValue>>()?.map(DataJson::Raw),
+                    });
+                }
+                InputField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                _ => return Err(A::Error::custom("duplicate field")),
+            }
+        }
+        Ok(InputJson {
+            name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| A::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| A::Error::missing_field("datatype"))?,
+            data: data.flatten(),
+            parameters: parameters.flatten(),
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -71,7 +184,7 @@ struct RequestParams {
 }
 
 /// A decoded inference request.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct InferRequest {
     pub id: Option<String>,
     /// Inputs in the model's order, checked against its signature.
@@ -103,6 +216,29 @@ pub fn decode_with_images(
     limits: Limits,
     images: Option<&crate::image::Pipeline>,
 ) -> Result<InferRequest, ApiError> {
+    decode_parsed(body, header_len, info, limits, images, parse)
+}
+
+/// [`decode`] through the two-pass parse only: the reference the fuzz test compares the
+/// one-pass decoder with.
+#[doc(hidden)]
+pub fn decode_two_pass(
+    body: &[u8],
+    header_len: Option<usize>,
+    info: &ModelInfo,
+    limits: Limits,
+) -> Result<InferRequest, ApiError> {
+    decode_parsed(body, header_len, info, limits, None, parse_two_pass)
+}
+
+fn decode_parsed<'b>(
+    body: &'b [u8],
+    header_len: Option<usize>,
+    info: &ModelInfo,
+    limits: Limits,
+    images: Option<&crate::image::Pipeline>,
+    parse: fn(&'b [u8]) -> Result<RequestJson<InputJson<'b>>, ApiError>,
+) -> Result<InferRequest, ApiError> {
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ApiError::invalid(format!(
@@ -113,16 +249,15 @@ pub fn decode_with_images(
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    let req: RequestJson<'_> =
-        serde_json::from_slice(json).map_err(|e| ApiError::invalid(format!("invalid inference request JSON: {e}")))?;
+    let mut req = parse(json)?;
     if req.inputs.is_empty() {
         return Err(ApiError::invalid("'inputs' is empty; the model's inputs are required"));
     }
     let mut tensors = Vec::with_capacity(req.inputs.len());
-    for (i, input) in req.inputs.iter().enumerate() {
+    for (i, input) in req.inputs.iter_mut().enumerate() {
         let (field, dt, count) = input_header(info, i, &input.name, &input.datatype, &input.shape)?;
         let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
-        let data = match (binary_size, input.data) {
+        let data = match (binary_size, input.data.as_ref()) {
             (Some(size), _) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
@@ -136,7 +271,11 @@ pub fn decode_with_images(
                 TensorData::from_le_bytes(dt, raw)
                     .map_err(|e| ApiError::invalid(format!("{field}: binary data: {e}")))?
             }
-            (None, Some(raw)) => {
+            (None, Some(DataJson::Decoded(_))) => match input.data.take() {
+                Some(DataJson::Decoded(data)) => data,
+                _ => TensorData::empty(dt, 0),
+            },
+            (None, Some(DataJson::Raw(raw))) => {
                 // Every element takes at least two bytes of JSON ("1,"): a claimed shape cannot
                 // reserve more than the body could hold.
                 let mut data = TensorData::empty(dt, count.min(1 << 20).min(raw.get().len() / 2 + 1));
@@ -156,7 +295,7 @@ pub fn decode_with_images(
                 )));
             }
         };
-        tensors.push(Tensor { name: input.name.clone(), shape: input.shape.clone(), data });
+        tensors.push(Tensor { name: std::mem::take(&mut input.name), shape: std::mem::take(&mut input.shape), data });
     }
     if !binary.is_empty() {
         return Err(ApiError::invalid(format!(
@@ -188,6 +327,28 @@ pub fn decode_with_images(
     };
     let inputs = check_inputs(info, tensors, limits)?;
     Ok(InferRequest { id: req.id, inputs, outputs, timeout_ms: params.timeout_ms, cache })
+}
+
+/// Parses the JSON part in one pass, or, when that fails, in two: the two-pass parse gives the
+/// error users see (or accepts what the one-pass parse refuses, e.g. a `data` it could not
+/// decode that `binary_data_size` makes unused).
+fn parse(json: &[u8]) -> Result<RequestJson<InputJson<'_>>, ApiError> {
+    if let Ok(req) = serde_json::from_slice::<RequestJson<InputJson<'_>>>(json) {
+        return Ok(req);
+    }
+    parse_two_pass(json)
+}
+
+/// The two-pass parse alone (also the reference the one-pass one is tested against).
+fn parse_two_pass(json: &[u8]) -> Result<RequestJson<InputJson<'_>>, ApiError> {
+    let req: RequestJson<RawInputJson<'_>> =
+        serde_json::from_slice(json).map_err(|e| ApiError::invalid(format!("invalid inference request JSON: {e}")))?;
+    Ok(RequestJson {
+        id: req.id,
+        inputs: req.inputs.into_iter().map(InputJson::from).collect(),
+        outputs: req.outputs,
+        parameters: req.parameters,
+    })
 }
 
 #[derive(Serialize)]
@@ -359,6 +520,38 @@ pub(crate) mod tests {
         assert!(err(r#"{"input": []}"#).contains("missing field `inputs`"));
         assert!(err(r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"nope"}]}"#)
             .contains("unknown output 'nope'"));
+    }
+
+    #[test]
+    fn one_pass_and_two_pass_parses_agree() {
+        let bodies = [
+            // The header before the data (decoded in one pass), and after it (kept raw).
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"id":"a"}"#,
+            r#"{"inputs":[{"data":[[1,2,3,4]],"name":"input","shape":[1,4],"datatype":"FP32"}]}"#,
+            r#"{"inputs":[{"name":"input","datatype":"FP32","data":[1,2,3,4],"shape":[1,4]}]}"#,
+            // Unknown fields are skipped; null data is no data.
+            r#"{"inputs":[{"name":"input","shape":[1,4],"x":{"y":[1]},"datatype":"FP32","data":[1,2,3,4]}],"z":1}"#,
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":null}]}"#,
+            // Refused in the one pass, answered by the two-pass parse.
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,"x"]}]}"#,
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[[1,2],[3]]}]}"#,
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4,5]}]}"#,
+            r#"{"inputs":[{"name":"input","name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+            r#"{"inputs":[{"shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+            r#"{"inputs":[["input",[1,4],"FP32",[1,2,3,4]]]}"#,
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP16","data":[1,2,3,4]}]}"#,
+            r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}"#,
+        ];
+        for body in bodies {
+            let one = decode(body.as_bytes(), None, &iris(), LIMITS);
+            assert_eq!(one, decode_two_pass(body.as_bytes(), None, &iris(), LIMITS), "{body}");
+        }
+        // data the one pass cannot decode, made unused by a later binary_data_size.
+        let header = r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":["x"],"parameters":{"binary_data_size":16}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]).write_le_bytes(&mut body);
+        let req = decode(&body, Some(header.len()), &iris(), LIMITS).unwrap();
+        assert_eq!(req.inputs[0].data, TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]));
     }
 
     #[test]
