@@ -141,6 +141,17 @@ pub struct Config {
     #[arg(long, env = "KINFER_DOWNLOAD_ATTEMPTS", default_value_t = 5)]
     pub download_attempts: u32,
 
+    /// Model downloads larger than this are fetched as parts of this size by parallel ranged
+    /// GETs (S3, and http(s) servers that answer 206); smaller ones are one GET.
+    #[arg(long, env = "KINFER_DOWNLOAD_PART_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(64 * 1024..))]
+    pub download_part_bytes: u64,
+
+    /// Ranged GETs in flight at once for one model download.
+    #[arg(long, env = "KINFER_DOWNLOAD_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub download_concurrency: u32,
+
     /// Path written with the fatal error message at start-up failure (Kubernetes shows it).
     #[arg(long, env = "KINFER_TERMINATION_LOG", default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,

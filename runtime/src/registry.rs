@@ -162,6 +162,9 @@ impl Loader {
             attempts: cfg.download_attempts,
             path_style: store::path_style_from_env(),
             initial_backoff: Duration::from_millis(500),
+            part_bytes: cfg.download_part_bytes,
+            concurrency: cfg.download_concurrency as usize,
+            s3_client: None,
         };
         let path = store::fetch(&spec.uri, &opts).await.map_err(|e| e.message)?;
         tracing::info!(model = %spec.name, version = %spec.version, uri = %spec.uri, path = %path.display(),

@@ -6,13 +6,15 @@
 //! retried with backoff, permanent ones fail at once with a message that names the problem.
 
 use std::{
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// Where a model lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +78,38 @@ pub struct FetchOptions {
     pub attempts: u32,
     pub path_style: bool,
     pub initial_backoff: Duration,
+    /// Objects larger than this are fetched as parts of this size by parallel ranged GETs;
+    /// smaller ones are one GET (`KINFER_DOWNLOAD_PART_BYTES`).
+    pub part_bytes: u64,
+    /// Ranged GETs in flight at once (`KINFER_DOWNLOAD_CONCURRENCY`).
+    pub concurrency: usize,
+    /// The S3 client to use instead of one from the default chain (tests, benchmarks).
+    pub s3_client: Option<aws_sdk_s3::Client>,
+}
+
+impl FetchOptions {
+    /// The defaults of the runtime's settings, caching in `cache_dir`.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> FetchOptions {
+        FetchOptions {
+            cache_dir: cache_dir.into(),
+            expected_sha256: None,
+            attempts: 5,
+            path_style: false,
+            initial_backoff: Duration::from_millis(500),
+            part_bytes: 16 * 1024 * 1024,
+            concurrency: 8,
+            s3_client: None,
+        }
+    }
 }
 
 /// Fetches the model to a local file and returns its path (after checking the sha256, if given).
+///
+/// Remote models land in `<cache_dir>/<hash of the uri>/<file name>`. With an expected sha256, a
+/// cached file is reused when hashing it gives that sha256 (a corrupt or stale one is removed and
+/// downloaded again); without one the model is always downloaded again, as a cached file cannot
+/// be told from a stale one. A download is written to `<file>.part` and renamed into place only
+/// when complete and verified.
 pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError> {
     let expected = match &opts.expected_sha256 {
         Some(s) => {
@@ -95,12 +126,13 @@ pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError
     };
     let parsed = ModelUri::parse(uri)?;
     if let ModelUri::File(path) = &parsed {
-        let bytes = tokio::fs::read(path).await.map_err(|e| match e.kind() {
+        let read_err = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => FetchError::permanent(format!("model file {} not found", path.display())),
             _ => FetchError::permanent(format!("cannot read model file {}: {e}", path.display())),
-        })?;
-        if let Some(want) = &expected {
-            check_sha(uri, want, &hex::encode(Sha256::digest(&bytes)))?;
+        };
+        match &expected {
+            Some(want) => check_sha(uri, want, &sha256_file(path).await.map_err(read_err)?)?,
+            None => drop(std::fs::File::open(path).map_err(read_err)?),
         }
         return Ok(path.clone());
     }
@@ -110,12 +142,19 @@ pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError
     let file_name = file_name.split(['?', '#']).next().filter(|n| !n.is_empty()).unwrap_or("model.onnx");
     let dest = dir.join(file_name);
     if let Some(want) = &expected {
-        // A cached copy with the expected checksum is reused.
-        if let Ok(bytes) = tokio::fs::read(&dest).await
-            && hex::encode(Sha256::digest(&bytes)) == *want
-        {
-            tracing::info!(path = %dest.display(), "using cached model");
-            return Ok(dest);
+        // A cached copy with the expected checksum is reused: hashing it (about a second per GB)
+        // is the only check that also catches a file damaged in place.
+        match sha256_file(&dest).await {
+            Ok(got) if got == *want => {
+                tracing::info!(path = %dest.display(), "using cached model (sha256 verified)");
+                return Ok(dest);
+            }
+            Ok(got) => {
+                tracing::warn!(path = %dest.display(), expected = %want, actual = %got,
+                    "cached model does not match the expected sha256; downloading it again");
+                let _ = std::fs::remove_file(&dest);
+            }
+            Err(_) => {}
         }
     }
     tokio::fs::create_dir_all(&dir)
@@ -123,33 +162,44 @@ pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError
         .map_err(|e| FetchError::permanent(format!("cannot create cache directory {}: {e}", dir.display())))?;
 
     let s3 = match &parsed {
-        ModelUri::S3 { .. } => Some(s3_client(opts.path_style).await),
+        ModelUri::S3 { .. } => Some(match &opts.s3_client {
+            Some(c) => c.clone(),
+            None => s3_client(opts.path_style).await,
+        }),
         _ => None,
     };
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| FetchError::permanent(format!("cannot build HTTP client: {e}")))?;
+    let src = match (&parsed, &s3) {
+        (ModelUri::S3 { bucket, key }, Some(client)) => Source::S3 { client, bucket, key },
+        (ModelUri::Http(url), _) => Source::Http { client: &http, url },
+        _ => return Err(FetchError::permanent("file URIs are read in place")),
+    };
+    let part = dest.with_extension("part");
+    let cleanup = || {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_dir(&dir); // only when empty
+    };
 
     let attempts = opts.attempts.max(1);
     let mut backoff = opts.initial_backoff;
     let mut attempt = 1;
+    let t0 = std::time::Instant::now();
     loop {
-        let result = match &parsed {
-            ModelUri::S3 { bucket, key } => match &s3 {
-                Some(client) => download_s3(client, bucket, key, &dest).await,
-                None => Err(FetchError::permanent("S3 client missing")),
-            },
-            ModelUri::Http(url) => download_http(&http, url, &dest).await,
-            ModelUri::File(_) => unreachable_file(),
-        };
-        match result {
-            Ok(sha) => {
+        match download(&src, &part, opts).await {
+            Ok((sha, size, parts)) => {
                 if let Some(want) = &expected {
-                    check_sha(uri, want, &sha).inspect_err(|_| {
-                        let _ = std::fs::remove_file(&dest);
-                    })?;
+                    check_sha(uri, want, &sha).inspect_err(|_| cleanup())?;
                 }
+                tokio::fs::rename(&part, &dest).await.map_err(|e| {
+                    cleanup();
+                    FetchError::permanent(format!("cannot write {}: {e}", dest.display()))
+                })?;
+                let secs = t0.elapsed().as_secs_f64();
+                tracing::info!(uri, bytes = size, parts, seconds = secs,
+                    mb_per_s = size as f64 / 1e6 / secs.max(1e-9), "model downloaded");
                 return Ok(dest);
             }
             Err(e) if e.transient && attempt < attempts => {
@@ -159,15 +209,35 @@ pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError
                 attempt += 1;
             }
             Err(e) if e.transient => {
+                cleanup();
                 return Err(FetchError::permanent(format!("{} (gave up after {attempts} attempts)", e.message)));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                cleanup();
+                return Err(e);
+            }
         }
     }
 }
 
-fn unreachable_file() -> Result<String, FetchError> {
-    Err(FetchError::permanent("file URIs are read in place"))
+/// The sha256 of a file, read in 1 MiB blocks on a blocking thread.
+async fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hex::encode(h.finalize()));
+            }
+            h.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn check_sha(uri: &str, want: &str, got: &str) -> Result<(), FetchError> {
@@ -203,6 +273,25 @@ pub async fn s3_client(path_style: bool) -> aws_sdk_s3::Client {
         conf = conf.region(Region::new("us-east-1"));
     }
     aws_sdk_s3::Client::from_conf(conf.build())
+}
+
+/// An S3 client for an explicit endpoint with static credentials, path-style (tests, benchmarks).
+pub fn s3_client_for(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+    use aws_config::{BehaviorVersion, Region, retry::RetryConfig};
+    use aws_smithy_http_client::tls;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .http_client(http)
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "static"))
+        .force_path_style(true)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 /// Whether S3 should be addressed path-style (`KINFER_S3_PATH_STYLE=true|1|yes`).
@@ -270,30 +359,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn download_s3(client: &aws_sdk_s3::Client, bucket: &str, key: &str, dest: &Path) -> Result<String, FetchError> {
-    let resp = match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let err = classify_s3(e, bucket, key);
-            if !err.transient && err.message.contains("not found in bucket") && !bucket_exists(client, bucket).await {
-                // Not every store says NoSuchBucket on GetObject; ask.
-                return Err(FetchError::permanent(format!(
-                    "S3 bucket {bucket:?} does not exist (s3://{bucket}/{key})"
-                )));
-            }
-            return Err(err);
-        }
-    };
-    let mut body = resp.body;
-    let mut sink = Sink::create(dest).await?;
-    while let Some(chunk) =
-        body.try_next().await.map_err(|e| FetchError::transient(format!("reading s3://{bucket}/{key}: {e}")))?
-    {
-        sink.write(&chunk).await?;
-    }
-    sink.finish().await
-}
-
 /// False only when the store says the bucket is not there (404 / NoSuchBucket).
 async fn bucket_exists(client: &aws_sdk_s3::Client, bucket: &str) -> bool {
     match client.head_bucket().bucket(bucket).send().await {
@@ -303,62 +368,311 @@ async fn bucket_exists(client: &aws_sdk_s3::Client, bucket: &str) -> bool {
     }
 }
 
-async fn download_http(client: &reqwest::Client, url: &str, dest: &Path) -> Result<String, FetchError> {
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| FetchError::transient(format!("cannot reach {url}: {}", error_chain(&e))))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let msg = format!("GET {url} returned HTTP {status}");
-        return Err(if status.is_server_error() || status.as_u16() == 429 {
-            FetchError::transient(msg)
-        } else {
-            FetchError::permanent(msg)
+/// Where a download comes from.
+enum Source<'a> {
+    S3 { client: &'a aws_sdk_s3::Client, bucket: &'a str, key: &'a str },
+    Http { client: &'a reqwest::Client, url: &'a str },
+}
+
+/// A response body, read chunk by chunk.
+enum Body {
+    S3(aws_sdk_s3::primitives::ByteStream),
+    Http(reqwest::Response),
+}
+
+/// The answer to a GET: the body, and the object's size when the server sent only the range asked.
+enum Got {
+    Body { body: Body, total: Option<u64> },
+    /// 416 / InvalidRange: the object is empty.
+    RangeNotSatisfiable,
+}
+
+impl Source<'_> {
+    fn what(&self) -> String {
+        match self {
+            Source::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}"),
+            Source::Http { url, .. } => url.to_string(),
+        }
+    }
+
+    /// GET of the bytes `first..=last` (`None`: the whole object).
+    async fn get(&self, range: Option<(u64, u64)>) -> Result<Got, FetchError> {
+        let range_header = range.map(|(a, b)| format!("bytes={a}-{b}"));
+        match self {
+            Source::S3 { client, bucket, key } => {
+                let resp = match client.get_object().bucket(*bucket).key(*key).set_range(range_header).send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if range.is_some() && e.code() == Some("InvalidRange") {
+                            return Ok(Got::RangeNotSatisfiable);
+                        }
+                        let err = classify_s3(e, bucket, key);
+                        if !err.transient
+                            && err.message.contains("not found in bucket")
+                            && !bucket_exists(client, bucket).await
+                        {
+                            // Not every store says NoSuchBucket on GetObject; ask.
+                            return Err(FetchError::permanent(format!(
+                                "S3 bucket {bucket:?} does not exist (s3://{bucket}/{key})"
+                            )));
+                        }
+                        return Err(err);
+                    }
+                };
+                let total = if range.is_some() { resp.content_range().and_then(range_total) } else { None };
+                Ok(Got::Body { body: Body::S3(resp.body), total })
+            }
+            Source::Http { client, url } => {
+                let mut req = client.get(*url);
+                if let Some(h) = range_header {
+                    req = req.header(reqwest::header::RANGE, h);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| FetchError::transient(format!("cannot reach {url}: {}", error_chain(&e))))?;
+                let status = resp.status();
+                if status.as_u16() == 416 && range.is_some() {
+                    return Ok(Got::RangeNotSatisfiable);
+                }
+                if !status.is_success() {
+                    let msg = format!("GET {url} returned HTTP {status}");
+                    return Err(if status.is_server_error() || status.as_u16() == 429 {
+                        FetchError::transient(msg)
+                    } else {
+                        FetchError::permanent(msg)
+                    });
+                }
+                let total = if status.as_u16() == 206 {
+                    resp.headers()
+                        .get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(range_total)
+                } else {
+                    None
+                };
+                Ok(Got::Body { body: Body::Http(resp), total })
+            }
+        }
+    }
+}
+
+/// The object size in a `Content-Range: bytes a-b/size`.
+fn range_total(v: &str) -> Option<u64> {
+    v.strip_prefix("bytes ")?.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+impl Body {
+    async fn next(&mut self, what: &str) -> Result<Option<bytes::Bytes>, FetchError> {
+        match self {
+            Body::S3(b) => b.try_next().await.map_err(|e| FetchError::transient(format!("reading {what}: {e}"))),
+            Body::Http(r) => {
+                r.chunk().await.map_err(|e| FetchError::transient(format!("reading {what}: {}", error_chain(&e))))
+            }
+        }
+    }
+}
+
+/// Bytes gathered before one positional write.
+const WRITE_BLOCK: usize = 1 << 20;
+
+/// Writes `body` at `*off` (advanced as bytes are written) up to `end`, hashing the bytes when a
+/// hasher is given. The body must end exactly at `end` (`u64::MAX`: wherever it ends).
+async fn write_body(
+    body: &mut Body,
+    file: &Arc<std::fs::File>,
+    off: &mut u64,
+    end: u64,
+    mut hasher: Option<&mut Sha256>,
+    what: &str,
+) -> Result<(), FetchError> {
+    let mut buf = Vec::with_capacity(WRITE_BLOCK);
+    loop {
+        let next = body.next(what).await;
+        let chunk = match &next {
+            Ok(Some(c)) => Some(c),
+            _ => None,
+        };
+        if let Some(c) = chunk {
+            if *off + (buf.len() + c.len()) as u64 > end {
+                return Err(FetchError::permanent(format!("{what} sent more bytes than the range asked for")));
+            }
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(c);
+            }
+            buf.extend_from_slice(c);
+        }
+        if !buf.is_empty() && (chunk.is_none() || buf.len() >= WRITE_BLOCK) {
+            // The bytes received are kept even when the body then fails: a retry resumes after them.
+            let (f, at, block) = (file.clone(), *off, std::mem::take(&mut buf));
+            buf = tokio::task::spawn_blocking(move || f.write_all_at(&block, at).map(|()| block))
+                .await
+                .map_err(|e| FetchError::permanent(format!("writing {what}: {e}")))?
+                .map_err(|e| FetchError::permanent(format!("cannot write the download of {what}: {e}")))?;
+            *off += buf.len() as u64;
+            buf.clear();
+        }
+        match next {
+            Ok(Some(_)) => {}
+            Ok(None) if end != u64::MAX && *off < end => {
+                return Err(FetchError::transient(format!("{what}: the body ended at byte {off} of {end}")));
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Downloads `src` into `part` (created or truncated) and returns its sha256, size and number of
+/// parts.
+///
+/// The first GET asks for the first part's range. A server that answers 200 sends the whole
+/// object: it is streamed and hashed as it arrives. A 206 names the object's size: the other
+/// parts are fetched by up to `concurrency` ranged GETs at once, each written where it belongs
+/// with positional writes and retried on its own (resuming after its last written byte). A
+/// hashing thread follows the contiguous prefix of completed parts, reading it back from the file
+/// (from the page cache) while later parts still download, so no part is held in memory and the
+/// hash is ready about when the last byte is.
+async fn download(src: &Source<'_>, part: &Path, opts: &FetchOptions) -> Result<(String, u64, u64), FetchError> {
+    let what = src.what();
+    let part_bytes = opts.part_bytes.max(1);
+    let io = |e: std::io::Error| FetchError::permanent(format!("cannot write {}: {e}", part.display()));
+    let file = Arc::new(
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(part).map_err(io)?,
+    );
+    let (mut body, total) = match src.get(Some((0, part_bytes - 1))).await? {
+        Got::Body { body, total } => (body, total),
+        Got::RangeNotSatisfiable => match src.get(None).await? {
+            Got::Body { body, .. } => (body, None),
+            Got::RangeNotSatisfiable => return Err(FetchError::permanent(format!("{what}: HTTP 416 on a plain GET"))),
+        },
+    };
+    let Some(total) = total else {
+        // No range support (or an empty object): one stream, hashed as it arrives.
+        let mut hasher = Sha256::new();
+        let mut off = 0;
+        write_body(&mut body, &file, &mut off, u64::MAX, Some(&mut hasher), &what).await?;
+        file.sync_all().map_err(io)?;
+        return Ok((hex::encode(hasher.finalize()), off, 1));
+    };
+    file.set_len(total).map_err(io)?;
+    let parts = total.div_ceil(part_bytes).max(1);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<u64>();
+    let reader = file.try_clone().map_err(io)?;
+    let hashing = tokio::task::spawn_blocking(move || hash_parts(&reader, part_bytes, total, parts, done_rx));
+
+    let range = |i: u64| (i * part_bytes, ((i + 1) * part_bytes).min(total));
+    let first = {
+        let done_tx = done_tx.clone();
+        let (file, what) = (&file, &what);
+        async move {
+            fetch_part(src, file, range(0), Some(body), opts, what).await?;
+            let _ = done_tx.send(0);
+            Ok::<(), FetchError>(())
+        }
+    };
+    let rest = futures::stream::iter(1..parts)
+        .map(|i| {
+            let (file, what) = (&file, &what);
+            async move { fetch_part(src, file, range(i), None, opts, what).await.map(|()| i) }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_for_each(|i| {
+            let _ = done_tx.send(i);
+            futures::future::ready(Ok(()))
         });
+    let joined = tokio::try_join!(first, rest);
+    drop(done_tx);
+    if let Err(e) = joined {
+        hashing.abort();
+        return Err(e);
     }
-    let mut sink = Sink::create(dest).await?;
-    while let Some(chunk) =
-        resp.chunk().await.map_err(|e| FetchError::transient(format!("reading {url}: {}", error_chain(&e))))?
-    {
-        sink.write(&chunk).await?;
-    }
-    sink.finish().await
+    let sha = hashing
+        .await
+        .map_err(|e| FetchError::permanent(format!("hashing {what}: {e}")))?
+        .map_err(|e| FetchError::permanent(format!("cannot read back {}: {e}", part.display())))?;
+    file.sync_all().map_err(io)?;
+    Ok((sha, total, parts))
 }
 
-/// A download in progress: written to `<dest>.part`, hashed on the way, renamed when complete.
-struct Sink {
-    file: tokio::fs::File,
-    part: PathBuf,
-    dest: PathBuf,
-    hasher: Sha256,
+/// One part, `start..end`, with its own retries; `body` is an already opened response for it.
+async fn fetch_part(
+    src: &Source<'_>,
+    file: &Arc<std::fs::File>,
+    (start, end): (u64, u64),
+    mut body: Option<Body>,
+    opts: &FetchOptions,
+    what: &str,
+) -> Result<(), FetchError> {
+    let attempts = opts.attempts.max(1);
+    let mut backoff = opts.initial_backoff;
+    let mut attempt = 1;
+    let mut off = start;
+    loop {
+        let result = async {
+            let mut b = match body.take() {
+                Some(b) => b,
+                None => match src.get(Some((off, end - 1))).await? {
+                    Got::Body { body, total: Some(_) } => body,
+                    _ => {
+                        return Err(FetchError::permanent(format!(
+                            "{what} answered the ranged GET of bytes {off}-{} without that range",
+                            end - 1
+                        )));
+                    }
+                },
+            };
+            write_body(&mut b, file, &mut off, end, None, what).await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.transient && attempt < attempts => {
+                tracing::warn!(attempt, attempts, start, end, error = %e.message,
+                    "model download part failed, retrying in {:?}", backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                attempt += 1;
+            }
+            Err(e) if e.transient => {
+                return Err(FetchError::permanent(format!(
+                    "{} (bytes {start}-{}: gave up after {attempts} attempts)",
+                    e.message,
+                    end - 1
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
-impl Sink {
-    async fn create(dest: &Path) -> Result<Sink, FetchError> {
-        let part = dest.with_extension("part");
-        let file = tokio::fs::File::create(&part)
-            .await
-            .map_err(|e| FetchError::permanent(format!("cannot write {}: {e}", part.display())))?;
-        Ok(Sink { file, part, dest: dest.to_path_buf(), hasher: Sha256::new() })
+/// Hashes the file in order as parts complete (their indices arrive on `done`, in any order).
+fn hash_parts(
+    file: &std::fs::File,
+    part_bytes: u64,
+    total: u64,
+    parts: u64,
+    done: std::sync::mpsc::Receiver<u64>,
+) -> std::io::Result<String> {
+    let mut finished = std::collections::BTreeSet::new();
+    let mut next = 0;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; WRITE_BLOCK];
+    while next < parts {
+        let i = done.recv().map_err(|_| std::io::Error::other("download stopped"))?;
+        finished.insert(i);
+        while finished.remove(&next) {
+            let (mut off, end) = (next * part_bytes, ((next + 1) * part_bytes).min(total));
+            while off < end {
+                let n = (end - off).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], off)?;
+                hasher.update(&buf[..n]);
+                off += n as u64;
+            }
+            next += 1;
+        }
     }
-
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
-        self.hasher.update(chunk);
-        self.file
-            .write_all(chunk)
-            .await
-            .map_err(|e| FetchError::permanent(format!("cannot write {}: {e}", self.part.display())))
-    }
-
-    async fn finish(mut self) -> Result<String, FetchError> {
-        let io = |e: std::io::Error| FetchError::permanent(format!("cannot write {}: {e}", self.dest.display()));
-        self.file.flush().await.map_err(io)?;
-        self.file.sync_all().await.map_err(io)?;
-        tokio::fs::rename(&self.part, &self.dest).await.map_err(io)?;
-        Ok(hex::encode(self.hasher.finalize()))
-    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -181,3 +181,234 @@ async fn http_errors_are_permanent_or_retried() {
     let (err, _) = expect_failure(runtime(url).arg("--download-attempts", "2")).await;
     assert!(err.contains("HTTP 503") && err.contains("gave up after 2 attempts"), "{err}");
 }
+
+// ---- The store in-process: parallel ranged downloads, the sha256 check, the cache ----
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use kinfer_runtime::store::{self, FetchOptions};
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    (0..n).map(|_| rng.u8(..)).collect()
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Options for the local S3 server: 64 KiB parts, 4 at once, quick retries.
+fn opts_for(s3: &S3, cache: &std::path::Path) -> FetchOptions {
+    let mut o = FetchOptions::new(cache);
+    o.part_bytes = 64 * 1024;
+    o.concurrency = 4;
+    o.attempts = 3;
+    o.initial_backoff = Duration::from_millis(5);
+    o.s3_client = Some(store::s3_client_for(&s3.endpoint(), ACCESS_KEY, SECRET_KEY));
+    o
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn large_s3_object_downloads_as_parallel_ranged_parts_byte_identical() {
+    let s3 = S3::start().await;
+    let bytes = random_bytes(1024 * 1024 + 12_345); // 17 parts of 64 KiB, the last one short
+    s3.put("models", "big/model.bin", &bytes);
+    let cache = tempfile::tempdir().unwrap();
+    let mut o = opts_for(&s3, cache.path());
+    o.expected_sha256 = Some(sha_hex(&bytes));
+    let path = store::fetch("s3://models/big/model.bin", &o).await.unwrap();
+    assert!(std::fs::read(&path).unwrap() == bytes, "downloaded file differs");
+    assert_eq!(s3.counts.gets(), 17);
+    assert_eq!(s3.counts.ranged_gets(), 17);
+    assert_eq!(files_under(cache.path()), vec![path], "only the model is left in the cache");
+
+    // A small object is one GET.
+    s3.put("models", "small/model.bin", b"tiny");
+    s3.counts.reset();
+    let path = store::fetch("s3://models/small/model.bin", &o.clone().tap(|o| o.expected_sha256 = None)).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"tiny");
+    assert_eq!(s3.counts.gets(), 1);
+
+    // An empty object (a ranged GET of it is 416 InvalidRange) falls back to a plain GET.
+    s3.put("models", "empty/model.bin", b"");
+    let path = store::fetch("s3://models/empty/model.bin", &o.clone().tap(|o| o.expected_sha256 = None)).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"");
+}
+
+trait Tap: Sized {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+impl Tap for FetchOptions {}
+
+#[tokio::test]
+async fn sha_mismatch_names_both_and_leaves_nothing_in_the_cache() {
+    let s3 = S3::start().await;
+    let bytes = random_bytes(300 * 1024);
+    s3.put("models", "m/model.bin", &bytes);
+    let cache = tempfile::tempdir().unwrap();
+    let o = opts_for(&s3, cache.path()).tap(|o| o.expected_sha256 = Some("ab".repeat(32)));
+    let err = store::fetch("s3://models/m/model.bin", &o).await.unwrap_err();
+    let want = format!(
+        "checksum mismatch for s3://models/m/model.bin: expected sha256 {}, got {}",
+        "ab".repeat(32),
+        sha_hex(&bytes)
+    );
+    assert_eq!(err.message, want);
+    assert!(files_under(cache.path()).is_empty(), "{:?}", files_under(cache.path()));
+}
+
+#[tokio::test]
+async fn cached_file_with_the_right_sha_is_reused_and_a_corrupt_one_downloaded_again() {
+    let s3 = S3::start().await;
+    let bytes = random_bytes(200 * 1024);
+    s3.put("models", "m/model.bin", &bytes);
+    let cache = tempfile::tempdir().unwrap();
+    let o = opts_for(&s3, cache.path()).tap(|o| o.expected_sha256 = Some(sha_hex(&bytes)));
+    let path = store::fetch("s3://models/m/model.bin", &o).await.unwrap();
+    assert_eq!(s3.counts.gets(), 4);
+
+    // Restarted on the same node: no GET at all.
+    s3.counts.reset();
+    assert_eq!(store::fetch("s3://models/m/model.bin", &o).await.unwrap(), path);
+    assert_eq!(s3.counts.gets(), 0);
+
+    // One byte flipped in place (same size): downloaded again.
+    let mut bad = bytes.clone();
+    bad[100_000] ^= 0xff;
+    std::fs::write(&path, &bad).unwrap();
+    assert_eq!(store::fetch("s3://models/m/model.bin", &o).await.unwrap(), path);
+    assert_eq!(s3.counts.gets(), 4);
+    assert!(std::fs::read(&path).unwrap() == bytes);
+
+    // A partial (truncated) cached file: downloaded again.
+    std::fs::write(&path, &bytes[..1000]).unwrap();
+    s3.counts.reset();
+    store::fetch("s3://models/m/model.bin", &o).await.unwrap();
+    assert_eq!(s3.counts.gets(), 4);
+    assert!(std::fs::read(&path).unwrap() == bytes);
+
+    // Without an expected sha256 a cached file cannot be told from a stale one: downloaded again.
+    s3.counts.reset();
+    store::fetch("s3://models/m/model.bin", &o.clone().tap(|o| o.expected_sha256 = None)).await.unwrap();
+    assert_eq!(s3.counts.gets(), 4);
+}
+
+/// A one-file HTTP server: with `ranges`, `Range: bytes=a-b` gets 206 and `Content-Range`;
+/// without, every GET gets the whole body (200). With `flaky`, the first GET of each part after
+/// the first answers 503. Returns the URL and the count of GETs.
+async fn range_http(body: Vec<u8>, ranges: bool, flaky: bool) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gets = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let g = gets.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (body, g, failed) = (body.clone(), g.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                g.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let range = head.lines().find_map(|l| l.strip_prefix("range: bytes=")).map(|r| {
+                    let (a, b) = r.trim().split_once('-').unwrap();
+                    let a: usize = a.parse().unwrap();
+                    let b: usize = b.parse::<usize>().unwrap().min(body.len() - 1);
+                    (a, b)
+                });
+                let reply = match range {
+                    Some((a, _)) if flaky && a > 0 && failed.lock().unwrap().insert(a) => {
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .as_bytes()
+                            .to_vec()
+                    }
+                    Some((a, b)) if ranges => {
+                        let mut r = format!(
+                            "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {a}-{b}/{}\r\nconnection: close\r\n\r\n",
+                            b + 1 - a,
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(&body[a..=b]);
+                        r
+                    }
+                    _ => {
+                        let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len())
+                            .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                };
+                let _ = sock.write_all(&reply).await;
+            });
+        }
+    });
+    (format!("http://{addr}/models/model.bin"), gets)
+}
+
+fn http_opts(cache: &std::path::Path, sha: &[u8]) -> FetchOptions {
+    FetchOptions::new(cache).tap(|o| {
+        o.part_bytes = 64 * 1024;
+        o.concurrency = 3;
+        o.attempts = 3;
+        o.initial_backoff = Duration::from_millis(5);
+        o.expected_sha256 = Some(sha_hex(sha));
+    })
+}
+
+#[tokio::test]
+async fn http_server_without_range_support_falls_back_to_one_stream() {
+    let bytes = random_bytes(500 * 1024);
+    let cache = tempfile::tempdir().unwrap();
+    let (url, gets) = range_http(bytes.clone(), false, false).await;
+    let path = store::fetch(&url, &http_opts(cache.path(), &bytes)).await.unwrap();
+    assert!(std::fs::read(&path).unwrap() == bytes);
+    assert_eq!(gets.load(Ordering::SeqCst), 1);
+
+    // The same server with ranges: 8 parts.
+    let cache = tempfile::tempdir().unwrap();
+    let (url, gets) = range_http(bytes.clone(), true, false).await;
+    let path = store::fetch(&url, &http_opts(cache.path(), &bytes)).await.unwrap();
+    assert!(std::fs::read(&path).unwrap() == bytes);
+    assert_eq!(gets.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
+async fn a_failed_part_is_retried_alone() {
+    // Parts 2..8 each fail once (503): 1 + 7 × 2 GETs, not a whole-file restart.
+    let bytes = random_bytes(500 * 1024);
+    let cache = tempfile::tempdir().unwrap();
+    let (url, gets) = range_http(bytes.clone(), true, true).await;
+    let path = store::fetch(&url, &http_opts(cache.path(), &bytes)).await.unwrap();
+    assert!(std::fs::read(&path).unwrap() == bytes);
+    assert_eq!(gets.load(Ordering::SeqCst), 15);
+}

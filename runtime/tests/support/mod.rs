@@ -257,6 +257,7 @@ impl Drop for Runtime {
 pub struct S3 {
     pub root: tempfile::TempDir,
     pub addr: SocketAddr,
+    pub counts: std::sync::Arc<s3::Counts>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -265,10 +266,12 @@ impl S3 {
         let root = tempfile::tempdir().expect("tempdir");
         let (listener, addr) = s3::bind(0).await.expect("bind s3");
         let path = root.path().to_path_buf();
+        let counts = std::sync::Arc::<s3::Counts>::default();
+        let c = counts.clone();
         let task = tokio::spawn(async move {
-            let _ = s3::serve(&path, listener, ACCESS_KEY, SECRET_KEY).await;
+            let _ = s3::serve_counted(&path, listener, ACCESS_KEY, SECRET_KEY, c).await;
         });
-        S3 { root, addr, task }
+        S3 { root, addr, counts, task }
     }
 
     pub fn endpoint(&self) -> String {
