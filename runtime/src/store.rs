@@ -2,8 +2,12 @@
 //!
 //! `s3://bucket/key` (aws-sdk-s3 with the default credential chain; `AWS_ENDPOINT_URL_S3` and
 //! `KINFER_S3_PATH_STYLE=true` for S3-compatible stores), `http(s)://`, `file://` and plain paths.
-//! Downloads stream to the cache directory while their sha256 is computed; transient failures are
-//! retried with backoff, permanent ones fail at once with a message that names the problem.
+//! Objects larger than one part (`KINFER_DOWNLOAD_PART_BYTES`) come as parallel ranged GETs
+//! (`KINFER_DOWNLOAD_CONCURRENCY` at once) written with positional writes into `<file>.part` in
+//! the cache directory; smaller ones, and servers that ignore `Range`, as one stream. The sha256 is
+//! computed while the bytes arrive and checked before the file is renamed into place. Transient
+//! failures are retried with backoff (per part), permanent ones fail at once with a message that
+//! names the problem.
 
 use std::{
     os::unix::fs::FileExt,
@@ -13,8 +17,8 @@ use std::{
 };
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use sha2::{Digest, Sha256};
 use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 
 /// Where a model lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,8 +202,14 @@ pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError
                     FetchError::permanent(format!("cannot write {}: {e}", dest.display()))
                 })?;
                 let secs = t0.elapsed().as_secs_f64();
-                tracing::info!(uri, bytes = size, parts, seconds = secs,
-                    mb_per_s = size as f64 / 1e6 / secs.max(1e-9), "model downloaded");
+                tracing::info!(
+                    uri,
+                    bytes = size,
+                    parts,
+                    seconds = secs,
+                    mb_per_s = size as f64 / 1e6 / secs.max(1e-9),
+                    "model downloaded"
+                );
                 return Ok(dest);
             }
             Err(e) if e.transient && attempt < attempts => {
@@ -382,7 +392,10 @@ enum Body {
 
 /// The answer to a GET: the body, and the object's size when the server sent only the range asked.
 enum Got {
-    Body { body: Body, total: Option<u64> },
+    Body {
+        body: Body,
+        total: Option<u64>,
+    },
     /// 416 / InvalidRange: the object is empty.
     RangeNotSatisfiable,
 }
@@ -688,6 +701,13 @@ mod tests {
         assert_eq!(ModelUri::parse("file:///m/x.onnx").unwrap(), ModelUri::File("/m/x.onnx".into()));
         assert_eq!(ModelUri::parse("models/x.onnx").unwrap(), ModelUri::File("models/x.onnx".into()));
         assert!(matches!(ModelUri::parse("https://h/x.onnx").unwrap(), ModelUri::Http(_)));
+    }
+
+    #[test]
+    fn reads_the_size_in_a_content_range() {
+        assert_eq!(range_total("bytes 0-15/500000000"), Some(500_000_000));
+        assert_eq!(range_total("bytes 0-15/*"), None);
+        assert_eq!(range_total("0-15/20"), None);
     }
 
     #[test]

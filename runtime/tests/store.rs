@@ -362,8 +362,9 @@ async fn range_http(body: Vec<u8>, ranges: bool, flaky: bool) -> (String, Arc<At
                         r
                     }
                     _ => {
-                        let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len())
-                            .into_bytes();
+                        let mut r =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len())
+                                .into_bytes();
                         r.extend_from_slice(&body);
                         r
                     }
