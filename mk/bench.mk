@@ -7,7 +7,7 @@
 # BENCH_SECTIONS, BENCH_WORKERS, BENCH_WRK_THREADS, BENCH_OUT (see benchmarks/bench.py).
 BENCH_VENV := $(TOOLS)/bench-venv
 
-.PHONY: bench bench-quick bench-setup bench-build bench-venv bench-wrk
+.PHONY: bench bench-quick bench-setup bench-build bench-venv bench-wrk bench-cold
 bench: bench-setup bench-build
 	python3 benchmarks/bench.py
 
@@ -27,3 +27,9 @@ bench-wrk:
 
 bench-build:
 	$(CARGO) build --release -p kinfer-runtime --bin kinfer-runtime --example floor --example grpc_load
+
+# Cold start (issue 10): a 500 MB object from the local S3 test server through the store, one
+# stream vs parallel ranged GETs (and `aws s3 cp` when installed); time to ready cold vs warm.
+bench-cold: setup-ort
+	$(CARGO) build --release -p kinfer-runtime --bin kinfer-runtime --example fetch --example s3_server
+	benchmarks/cold.sh

@@ -584,17 +584,26 @@ async fn download(src: &Source<'_>, part: &Path, opts: &FetchOptions) -> Result<
             Ok::<(), FetchError>(())
         }
     };
+    // `concurrency` GETs in flight: the first part's and `concurrency - 1` others (one at a
+    // time, after the first part, when it is 1).
     let rest = futures::stream::iter(1..parts)
         .map(|i| {
             let (file, what) = (&file, &what);
             async move { fetch_part(src, file, range(i), None, opts, what).await.map(|()| i) }
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(opts.concurrency.max(2) - 1)
         .try_for_each(|i| {
             let _ = done_tx.send(i);
             futures::future::ready(Ok(()))
         });
-    let joined = tokio::try_join!(first, rest);
+    let joined = if opts.concurrency <= 1 {
+        match first.await {
+            Ok(()) => rest.await.map(|()| ((), ())),
+            Err(e) => Err(e),
+        }
+    } else {
+        tokio::try_join!(first, rest)
+    };
     drop(done_tx);
     if let Err(e) = joined {
         hashing.abort();
