@@ -21,14 +21,20 @@ trap cleanup EXIT
 
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/') cores=$(nproc)"
 mkdir -p "$TMP/root/bench"
-head -c "$SIZE" /dev/urandom > "$TMP/root/bench/big.bin"
-SHA=$(sha256sum "$TMP/root/bench/big.bin" | cut -d' ' -f1)
-python3 benchmarks/make_big_onnx.py "$TMP/root/bench/model.onnx" "$N"
-MSHA=$(sha256sum "$TMP/root/bench/model.onnx" | cut -d' ' -f1)
+head -c "$SIZE" /dev/urandom > "$TMP/big.bin"
+SHA=$(sha256sum "$TMP/big.bin" | cut -d' ' -f1)
+python3 benchmarks/make_big_onnx.py "$TMP/model.onnx" "$N"
+MSHA=$(sha256sum "$TMP/model.onnx" | cut -d' ' -f1)
+MODEL_BYTES=$(stat -c %s "$TMP/model.onnx")
 "$BIN/examples/s3_server" --root "$TMP/root" --addr "127.0.0.1:$PORT" > "$TMP/s3.log" 2>&1 &
 SRV=$!
 for _ in $(seq 100); do grep -q listening "$TMP/s3.log" && break; sleep 0.05; done
 EP="http://127.0.0.1:$PORT"
+# Uploaded with PutObject (not copied into the directory): see `--put` in runtime/examples/fetch.rs.
+for o in big.bin model.onnx; do
+    "$BIN/examples/fetch" --endpoint "$EP" --uri "s3://bench/$o" --cache-dir "$TMP/cache" --put "$TMP/$o"
+    rm "$TMP/$o"
+done
 
 fetch() { # label part_bytes concurrency [keep-cache]
     [ "${4:-}" = keep ] || rm -rf "$TMP/cache"
@@ -77,7 +83,7 @@ ready() { # label cache-dir [env...]
     t1=$(date +%s.%N)
     kill "$rt"; wait "$rt" 2>/dev/null || true
     python3 -c "import sys; print('{\"label\": \"ready: %s\", \"model_bytes\": %d, \"seconds\": %.3f}' % (sys.argv[1], int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3])))" \
-        "$label" "$(stat -c %s "$TMP/root/bench/model.onnx")" "$t0" "$t1"
+        "$label" "$MODEL_BYTES" "$t0" "$t1"
 }
 for _ in $(seq "$REPS"); do
     rm -rf "$TMP/rc"; ready "cold, one stream" "$TMP/rc" KINFER_DOWNLOAD_PART_BYTES=1099511627776

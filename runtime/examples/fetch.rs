@@ -26,6 +26,11 @@ struct Opt {
     access_key: String,
     #[arg(long, default_value = "kinfer-secret")]
     secret_key: String,
+    /// Upload this file to `--uri` with one PutObject instead, and exit. s3s-fs keeps the ETag
+    /// (MD5) of objects it received; for files put in its directory by hand it hashes the whole
+    /// file again on every GET, ranged or not, which would make the benchmark measure that.
+    #[arg(long)]
+    put: Option<PathBuf>,
     /// A label for the output line.
     #[arg(long, default_value = "")]
     label: String,
@@ -39,6 +44,16 @@ async fn main() {
     o.part_bytes = opt.part_bytes;
     o.concurrency = opt.concurrency;
     o.s3_client = Some(store::s3_client_for(&opt.endpoint, &opt.access_key, &opt.secret_key));
+    if let Some(file) = &opt.put {
+        let (bucket, key) = opt.uri.trim_start_matches("s3://").split_once('/').expect("s3://bucket/key");
+        let client = o.s3_client.clone().expect("client");
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(file).await.expect("read --put file");
+        if let Err(e) = client.put_object().bucket(bucket).key(key).body(body).send().await {
+            eprintln!("put failed: {e:?}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let t0 = Instant::now();
     let path = match store::fetch(&opt.uri, &o).await {
         Ok(p) => p,
