@@ -362,6 +362,30 @@ async fn load_replace_and_unload_under_concurrent_load_without_a_failed_request(
     let (s, body, _) = rt.post_json("/v2/models/mlp/infer", &v2_request("mlp")).await;
     assert_eq!(s, 200, "{body}");
     check_v2("mlp", &body);
+    // A model that takes a while to download: LOADING in the index meanwhile, and the server
+    // stays ready (only the models listed at start hold readiness back).
+    let url = slow_http(std::fs::read(model_path("iris")).unwrap(), Duration::from_millis(1500), "200 OK").await;
+    let base = rt.base.clone();
+    let slow = tokio::spawn(async move {
+        let params = json!({"parameters": {"uri": url, "version": "5"}});
+        client().post(format!("{base}/v2/repository/models/flowers/load")).json(&params).send().await.unwrap().status()
+    });
+    let start = Instant::now();
+    loop {
+        let (_, index, _) = rt.post_json("/v2/repository/index", &json!({})).await;
+        if index.as_array().unwrap().iter().any(|r| r["name"] == "flowers" && r["state"] == "LOADING") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no LOADING row: {index}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rt.get_json("/v2/health/ready").await.0, 200);
+    let (s, body, _) = rt.post_json("/v2/models/flowers/infer", &v2_request("iris")).await;
+    assert_eq!((s, body["code"].as_str()), (503, Some("MODEL_NOT_READY")), "{body}");
+    assert_eq!(slow.await.unwrap(), 200);
+    let (s, body, _) = rt.post_json("/v2/models/flowers/versions/5/infer", &v2_request("iris")).await;
+    assert_eq!(s, 200, "{body}");
+
     let (s, body, _) = rt.post_json("/v2/repository/models/other/load", &json!({"parameters": {"config": "{}"}})).await;
     assert_eq!(s, 400);
     assert!(body["error"].as_str().unwrap().contains("'config' is not supported"), "{body}");
