@@ -3,6 +3,7 @@
 //! one port, and the protocol's gRPC service (with gRPC health and reflection) on a second one.
 
 pub mod access;
+pub mod canary;
 pub mod classes;
 pub mod config;
 pub mod engine;
@@ -21,6 +22,7 @@ pub mod registry;
 pub mod repository;
 pub mod requestlog;
 pub mod server;
+pub mod shadow;
 pub mod store;
 pub mod tensor;
 

@@ -76,6 +76,16 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         access,
         log.clone(),
     );
+    if let Some(settings) = kinfer_runtime::canary::Settings::from_config(&cfg).map_err(Fatal)? {
+        // The canary replaces one model: the stable pods forward that model's requests.
+        let [model] = models.as_slice() else {
+            return Err(Fatal(
+                "KINFER_CANARY_URL needs exactly one model (KINFER_MODEL_URI), not a KINFER_MODELS list".into(),
+            ));
+        };
+        let canary = kinfer_runtime::canary::Canary::start(settings, &state.metrics, &model.name).map_err(Fatal)?;
+        let _ = state.canary.set(canary);
+    }
     let (listener, addr) = listen(&cfg.host, cfg.port).await?;
     // Both ports share the descriptor budget.
     let ports = if cfg.grpc_port == 0 { 1 } else { 2 };

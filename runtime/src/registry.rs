@@ -189,7 +189,7 @@ impl Loader {
         .map_err(|e| format!("model loading thread failed: {e}"))??;
         let image = images.resolve(&mut info)?;
         let info = Arc::new(info);
-        let hist = metrics::ModelHistograms::new(&self.metrics, &info.name);
+        let hist = metrics::ModelHistograms::new(&self.metrics, &info.name, &info.version);
         let batch = engine::BatchConfig {
             max_batch_size: cfg.max_batch_size.max(1),
             max_delay: Duration::from_micros(cfg.max_batch_delay_us),
