@@ -98,9 +98,10 @@ async fn two_models_are_served_together_on_every_protocol() {
     // Open Inference Protocol v2, with and without the version in the path.
     for (model, version) in [("iris", "1"), ("tabular", "3")] {
         for path in [format!("/v2/models/{model}/infer"), format!("/v2/models/{model}/versions/{version}/infer")] {
-            let (s, body, _) = rt.post_json(&path, &v2_request(model)).await;
+            let (s, body, headers) = rt.post_json(&path, &v2_request(model)).await;
             assert_eq!(s, 200, "{path}: {body}");
             assert_eq!((body["model_name"].as_str(), body["model_version"].as_str()), (Some(model), Some(version)));
+            assert_eq!(headers["x-kinfer-model-version"], version, "{path}");
             check_v2(model, &body);
         }
         let (s, meta) = rt.get_json(&format!("/v2/models/{model}/versions/{version}")).await;
@@ -179,11 +180,11 @@ async fn two_models_are_served_together_on_every_protocol() {
         r#"kinfer_model_ready{model="iris",version="1"} 1"#,
         r#"kinfer_model_ready{model="tabular",version="3"} 1"#,
         r#"kinfer_model_load_duration_seconds{model="tabular",version="3"}"#,
-        r#"kinfer_requests_total{code="200",model="iris",protocol="v2"} "#,
-        r#"kinfer_requests_total{code="200",model="tabular",protocol="predict"} 1"#,
-        r#"kinfer_requests_total{code="200",model="tabular",protocol="v1"} 1"#,
-        r#"kinfer_requests_total{code="404",model="unknown",protocol="v2"} "#,
-        r#"kinfer_inference_duration_seconds_count{model="tabular"}"#,
+        r#"kinfer_requests_total{code="200",model="iris",protocol="v2",version="1"} "#,
+        r#"kinfer_requests_total{code="200",model="tabular",protocol="predict",version="3"} 1"#,
+        r#"kinfer_requests_total{code="200",model="tabular",protocol="v1",version="3"} 1"#,
+        r#"kinfer_requests_total{code="404",model="unknown",protocol="v2",version="unknown"} "#,
+        r#"kinfer_inference_duration_seconds_count{model="tabular",version="3"}"#,
     ] {
         assert!(m.contains(line), "metrics lack {line:?}:\n{m}");
     }
