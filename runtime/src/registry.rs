@@ -353,7 +353,8 @@ impl Registry {
         }
     }
 
-    /// The model of a request that names none (`/predict`): the only one, else `requested`.
+    /// The model of a `/predict` request: the one its `model` parameter names, else the only one
+    /// served (several and none named: an error listing them).
     pub fn pick(&self, requested: Option<&str>) -> Result<String, ApiError> {
         if let Some(name) = requested {
             return Ok(name.to_string());
