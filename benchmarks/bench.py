@@ -16,10 +16,13 @@ case by case within each repeat, so that ratios are taken side by side:
   grpc      one kinfer server per model, REST (wrk: v2 JSON, v2 binary tensors) beside gRPC
             (the `grpc_load` example: raw_input_contents as tritonclient.grpc sends, typed
             fp32_contents), rows (1, 64) x connections (1, 32), interleaved case by case
+  canary    the tabular model's stable runtime with no canary, with a second kinfer process as its
+            canary in shadow mode (every request copied), and in split mode at 0 % (routing only)
+            and 100 % (every request forwarded): what a canary costs stable's answers
 
 Environment: BENCH_QUICK=1 (tabular only, 1 repeat, 1 s runs), BENCH_REPEAT (3), BENCH_DURATION
 (s, 3), BENCH_WARMUP (s, 1), BENCH_MODELS (iris,tabular,mlp), BENCH_SECTIONS
-(ready,main,batching,sessions,logging,workers,grpc), BENCH_WORKERS (uvicorn workers: the CPU count),
+(ready,main,batching,sessions,logging,workers,grpc,canary), BENCH_WORKERS (uvicorn workers: the CPU count),
 BENCH_WRK_THREADS (1), BENCH_OUT (benchmarks/results). Writes BENCH_OUT/results.json and
 BENCH_OUT/report.md and prints the report.
 """
@@ -61,7 +64,7 @@ REPEAT = env_int("BENCH_REPEAT", 1 if QUICK else 3)
 DURATION = env_int("BENCH_DURATION", 1 if QUICK else 3)
 WARMUP = env_int("BENCH_WARMUP", 1)
 MODELS = [m for m in os.environ.get("BENCH_MODELS", "tabular" if QUICK else "iris,tabular,mlp").split(",") if m]
-SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers,grpc").split(",") if s]
+SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers,grpc,canary").split(",") if s]
 NPROC = os.cpu_count() or 1
 WORKERS = env_int("BENCH_WORKERS", NPROC)
 WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
@@ -586,6 +589,24 @@ def section_grpc() -> None:
             stop_all([server])
 
 
+def section_canary() -> None:
+    """Stable's cost of a canary. The canary is a second kinfer process (version 2) on the same
+    machine, so in shadow mode and at split 100 % it competes with stable for the CPUs; on a cluster
+    it runs on its own pods."""
+    canary = Server("canary", "kinfer", "tabular", args=["--model-version", "2"], env={"KINFER_LOG": "warn"})
+    start_all([canary])
+    url = f"http://127.0.0.1:{canary.port}"
+    try:
+        section_variants("canary", "tabular", [
+            ("no canary", [], {}),
+            ("shadow 100%", [], {"KINFER_CANARY_URL": url, "KINFER_CANARY_MODE": "shadow"}),
+            ("split 0%", [], {"KINFER_CANARY_URL": url, "KINFER_CANARY_PERCENT": "0"}),
+            ("split 100%", [], {"KINFER_CANARY_URL": url, "KINFER_CANARY_PERCENT": "100"}),
+        ], [("v2", 1, 1), ("v2", 64, 1), ("v2", 1, 32)])
+    finally:
+        stop_all([canary])
+
+
 def section_workers() -> None:
     section_variants("baseline workers", "tabular", [
         ("uvicorn --workers 1", [], {}, 1),
@@ -805,8 +826,11 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    needed = [(BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
-              (BUILT_GRPC_LOAD, "the grpc_load example")]
+    needed = [(BUILT_RUNTIME, "the release runtime")]
+    if "main" in SECTIONS:
+        needed.append((BUILT_FLOOR, "the floor example"))
+    if "grpc" in SECTIONS:
+        needed.append((BUILT_GRPC_LOAD, "the grpc_load example"))
     if {"main", "workers"} & set(SECTIONS):
         needed.append((VENV_PY, "the bench venv"))  # the FastAPI baseline
     for p, what in needed:
@@ -819,8 +843,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "bin").mkdir(exist_ok=True)
     shutil.copy2(BUILT_RUNTIME, RUNTIME)
-    shutil.copy2(BUILT_FLOOR, FLOOR)
-    shutil.copy2(BUILT_GRPC_LOAD, GRPC_LOAD)
+    for built, copy in ((BUILT_FLOOR, FLOOR), (BUILT_GRPC_LOAD, GRPC_LOAD)):
+        if built.exists():
+            shutil.copy2(built, copy)
     RESULTS["machine"] = machine()
     RESULTS["revision"] = revision()
     RESULTS["settings"] = {"quick": QUICK, "repeat": REPEAT, "duration_s": DURATION, "warmup_s": WARMUP,
@@ -830,7 +855,7 @@ def main() -> int:
     log(f"settings {RESULTS['settings']}")
     sections = {"ready": section_ready, "main": section_main, "batching": section_batching,
                 "sessions": section_sessions, "logging": section_logging, "workers": section_workers,
-                "grpc": section_grpc}
+                "grpc": section_grpc, "canary": section_canary}
     try:
         for name in SECTIONS:
             sections[name]()

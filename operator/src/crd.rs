@@ -87,20 +87,20 @@ pub const SHORT_NAME: &str = "kisvc";
         "message": "set either spec.replicas or spec.autoscaling, not both"
     },
     {
+        "rule": "!has(self.canary) || !has(self.canary.model) || !has(self.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
+        "message": "spec.canary.model must differ from spec.model (another uri or version): a canary identical to the stable model compares nothing"
+    },
+    {
+        "rule": "!has(self.canary) || has(self.model)",
+        "message": "spec.canary needs spec.model: a canary replaces the one stable model, not a list (spec.models)"
+    },
+    {
         "rule": "!(has(self.model) && has(self.models))",
         "message": "set either spec.model (one model) or spec.models (several), not both"
     },
     {
         "rule": "has(self.model) || has(self.models)",
         "message": "set spec.model (one model) or spec.models (several models in one Deployment)"
-    },
-    {
-        "rule": "!has(self.canary) || has(self.model)",
-        "message": "spec.canary applies to spec.model only: a canary of spec.models is not supported"
-    },
-    {
-        "rule": "!has(self.canary) || !has(self.canary.model) || !has(self.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
-        "message": "spec.canary.model must differ from spec.model (another uri or version): a canary identical to the stable model compares nothing"
     }
 ]))]
 pub struct InferenceServiceSpec {
@@ -1083,7 +1083,7 @@ mod tests {
     fn cel_rules_accept_valid_fixtures_and_refuse_invalid_ones_with_their_message() {
         let validator = kube::core::cel::Validator::new();
         let schema = schema();
-        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "two-models.yaml", "canary.yaml"] {
+        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "canary.yaml", "two-models.yaml"] {
             if let Err(e) = validator.validate(&schema, &fixture_value(ok), None) {
                 panic!("{ok} refused: {e}");
             }
@@ -1095,17 +1095,17 @@ mod tests {
             ),
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+            ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
+            ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
+            ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
+            ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-canary-of-models.yaml", "spec.canary needs spec.model"),
             ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
             ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
             ("invalid-empty-models.yaml", "spec.models must list at least one model"),
             ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
             ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
             ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
-            ("invalid-canary-of-models.yaml", "spec.canary applies to spec.model only"),
-            ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
-            ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
-            ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
-            ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
         ] {
             let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
             assert!(err.contains(message), "{file}: {err}");

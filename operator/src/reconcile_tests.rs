@@ -985,6 +985,19 @@ mod canary {
     }
 
     #[tokio::test]
+    async fn a_canary_service_left_without_its_deployment_goes_at_once() {
+        let h = Harness::new("canary.yaml");
+        h.serving().await;
+        h.state.lock().unwrap().objects.remove(&paths::deployment(CANARY_NAME));
+        h.update_spec(|i| i.spec.canary = None);
+        h.reconcile().await.unwrap();
+        assert!(h.get::<Service>(&paths::service(CANARY_NAME)).is_none(), "nothing behind it to wait for");
+        assert_eq!(h.event_notes("Deleted"), ["deleted Service fraud-canary (no longer wanted)"]);
+        assert!(h.isvc().status.unwrap().canary.is_none());
+        h.finish().await;
+    }
+
+    #[tokio::test]
     async fn an_object_of_someone_else_named_like_the_canary_is_not_taken_over() {
         let h = Harness::new("canary.yaml");
         h.state.lock().unwrap().objects.insert(

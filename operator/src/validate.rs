@@ -63,6 +63,8 @@ pub enum Track {
 /// A validated `spec.canary` with its defaults resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Canary {
+    /// The candidate model (`spec.canary.model`).
+    pub model: ModelSpec,
     /// The canary runtime: the stable spec with the canary's model and replicas, named
     /// `<name>-canary`; no autoscaler, no canary of its own.
     pub service: Box<ValidatedService>,
@@ -76,8 +78,6 @@ pub struct Canary {
     pub sample_rate: Option<f64>,
     /// Wait for the canary's answer, in milliseconds.
     pub timeout_millis: Option<i64>,
-    /// The canary's model (`spec.canary.model`).
-    model: ModelSpec,
 }
 
 impl Canary {
@@ -260,20 +260,14 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
     let Some(c) = &stable.spec.canary else {
         return Ok(None);
     };
-    let Some(stable_model) = &stable.spec.model else {
-        return Err("spec.canary applies to spec.model only: a canary of spec.models is not supported".into());
-    };
     let model =
         c.model.clone().ok_or("spec.canary.model is required: the candidate model (same fields as spec.model)")?;
-    validate_model_uri("model", &model.uri).map_err(|e| format!("spec.canary.{e}"))?;
-    if model.storage.is_some() && !model.uri.starts_with("s3://") {
-        return Err("spec.canary.model.storage applies only to s3:// model uris".into());
-    }
-    if let Some(sha) = &model.sha256
-        && !(sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    {
-        return Err("spec.canary.model.sha256 must be 64 lowercase hex digits".into());
-    }
+    let stable_model = stable
+        .spec
+        .model
+        .as_ref()
+        .ok_or("spec.canary needs spec.model: a canary replaces the one stable model, not a list (spec.models)")?;
+    check_model("spec.canary.model", &model)?;
     if model.uri == stable_model.uri && model.version == stable_model.version {
         return Err("spec.canary.model must differ from spec.model (another uri or version): a canary \
                     identical to the stable model compares nothing"
@@ -331,6 +325,12 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
     }
     at_least_one("spec.canary.timeoutMillis", c.timeout_millis)?;
 
+    let models = vec![ServedModel {
+        name: stable.model_name.clone(),
+        uri: model.uri.clone(),
+        version: model.version.clone(),
+        sha256: model.sha256.clone(),
+    }];
     let mut spec = stable.spec.clone();
     spec.model = Some(model.clone());
     spec.replicas = Some(replicas);
@@ -339,25 +339,20 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
     let service = ValidatedService {
         name: format!("{}{CANARY_SUFFIX}", stable.name),
         spec,
+        models,
         scaling: Scaling::Fixed(replicas),
         track: Track::Canary,
         canary: None,
-        models: vec![ServedModel {
-            name: stable.model_name.clone(),
-            uri: model.uri.clone(),
-            version: model.version.clone(),
-            sha256: model.sha256.clone(),
-        }],
         ..stable.clone()
     };
     Ok(Some(Canary {
+        model,
         service: Box::new(service),
         mode: c.mode,
         traffic_percent: c.traffic_percent,
         sticky_header: c.sticky_header.clone(),
         sample_rate: c.sample_rate,
         timeout_millis: c.timeout_millis,
-        model,
     }))
 }
 
@@ -715,7 +710,7 @@ mod tests {
         m.name = Some("fraud".into());
         i.spec.models = Some(vec![m]);
         let err = validate(&i, &OperatorConfig::default()).unwrap_err();
-        assert!(err.contains("spec.canary applies to spec.model only"), "{err}");
+        assert!(err.contains("spec.canary needs spec.model"), "{err}");
     }
 
     #[test]

@@ -160,10 +160,10 @@ struct Call {
     deadline: Option<Instant>,
     /// The error the handler answered with (for the access and request logs).
     error: Option<ApiError>,
-    /// The model and version that served the call (metrics, access and request logs).
-    model: Option<(String, String)>,
     /// The canary answered (its own pods count the call).
     by_canary: bool,
+    /// The model and version that served the call (metrics, access and request logs).
+    model: Option<(String, String)>,
 }
 
 type SharedCall = Arc<Mutex<Call>>;
@@ -515,9 +515,7 @@ impl InFlight {
         m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
         m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
-}
 
-impl InFlight {
     /// The canary answered: in flight here, counted by the canary's pods.
     fn forwarded(&mut self) {
         if !self.done {
@@ -566,8 +564,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         id_from_header,
         deadline,
         error: None,
-        model: None,
         by_canary: false,
+        model: None,
     }));
     let logged: crate::server::LoggedIo = Arc::new(Mutex::new(None));
 
@@ -654,17 +652,17 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         resp = Status::unimplemented(message.clone()).into_http::<axum::body::Body>();
         status = Some(Status::unimplemented(message));
     }
-    let (id, error, served, by_canary) = match call.lock() {
-        Ok(mut c) => (c.id.clone(), c.error.take(), c.model.take(), c.by_canary),
-        Err(_) => (id, None, None, false),
+    let (id, error, by_canary, served) = match call.lock() {
+        Ok(mut c) => (c.id.clone(), c.error.take(), c.by_canary, c.model.take()),
+        Err(_) => (id, None, false, None),
     };
     // A call refused before its message was read names no model: with one, it is that one.
     let served = served.or_else(|| st.models.only());
-    let (model, version) = served.clone().unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    let (model, version) = served.clone().unwrap_or_else(|| ("unknown".into(), String::new()));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    if is_infer && served.is_some() {
+    if is_infer && !version.is_empty() {
         crate::canary::mark_version(resp.headers_mut(), &version);
     }
     let code = status.as_ref().map_or(Code::Ok, Status::code);
@@ -698,17 +696,18 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     }
     let latency_us = elapsed.as_micros() as u64;
     let protocol = if is_infer { "grpc" } else { "-" };
+    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let grpc_code = format!("{code:?}");
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            version, protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (Some(m), _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            version, protocol, status = http, grpc_code, latency_us, error = %m, "request"),
         (None, _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            protocol, status = http, grpc_code, latency_us, "request"),
+            version, protocol, status = http, grpc_code, latency_us, "request"),
     }
     resp
 }

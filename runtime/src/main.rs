@@ -77,11 +77,12 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         log.clone(),
     );
     if let Some(settings) = kinfer_runtime::canary::Settings::from_config(&cfg).map_err(Fatal)? {
-        // The canary replaces one model: the stable pods forward that model's requests.
         let [model] = models.as_slice() else {
-            return Err(Fatal(
-                "KINFER_CANARY_URL needs exactly one model (KINFER_MODEL_URI), not a KINFER_MODELS list".into(),
-            ));
+            return Err(Fatal(format!(
+                "KINFER_CANARY_URL routes one model to its canary, but this runtime serves {} models \
+                 (KINFER_MODELS): a canary needs the one-model configuration",
+                models.len()
+            )));
         };
         let canary = kinfer_runtime::canary::Canary::start(settings, &state.metrics, &model.name).map_err(Fatal)?;
         let _ = state.canary.set(canary);

@@ -535,21 +535,19 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    // Counted under the model and version that served it; names no served model matches (and
-    // 404s) stay "unknown".
-    let (model, version) = match (&model_in_path, resp.status()) {
-        (_, StatusCode::NOT_FOUND) | (None, _) => None,
-        (Some((m, v)), _) => st.models.label(m, v.as_deref()),
-    }
-    .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
     // Which version answered; the canary's answers are counted by the canary's own pods.
     let by_canary = resp.extensions().get::<crate::canary::AnsweredByCanary>().is_some();
-    if protocol.is_some() && version != "unknown" {
-        crate::canary::mark_version(resp.headers_mut(), &version);
-    }
     let elapsed = start.elapsed();
+    // Counted under the model that served it; names no served model matches stay "unknown".
+    let (model, version) = match (&model_in_path, resp.status()) {
+        (_, StatusCode::NOT_FOUND) | (None, _) => ("unknown".to_string(), "unknown".to_string()),
+        (Some((m, v)), _) => st.models.label(m, v.as_deref()).unwrap_or_else(|| ("unknown".into(), "unknown".into())),
+    };
     if protocol.is_some() {
         st.metrics.in_flight.dec();
+        if version != "unknown" {
+            crate::canary::mark_version(resp.headers_mut(), &version);
+        }
     }
     if let Some(protocol) = protocol.filter(|_| !by_canary) {
         let (model, version) = (model.as_str(), version.as_str());
@@ -574,18 +572,20 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         );
     }
     let latency_us = elapsed.as_micros() as u64;
+    // The version that answered (a canary's, when it did).
+    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     match &err {
         Some(e) if e.code == ErrorCode::Internal => tracing::error!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
             code = e.code.as_str(), error = %e.message, "request"),
         Some(e) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
             code = e.code.as_str(), error = %e.message, "request"),
         None => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
             "request"),
     }
     resp

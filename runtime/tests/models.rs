@@ -494,7 +494,7 @@ async fn a_bad_model_list_or_a_failing_model_ends_the_process_naming_it() {
     let mut rt = runtime_models(&two_models()).env("KINFER_CANARY_URL", "http://127.0.0.1:9").spawn();
     let (code, _, err) = rt.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, 1);
-    assert!(err.contains("KINFER_CANARY_URL needs exactly one model"), "{err}");
+    assert!(err.contains("KINFER_CANARY_URL routes one model to its canary"), "{err}");
 }
 
 #[tokio::test]
