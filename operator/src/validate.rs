@@ -811,6 +811,16 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_needs_spec_model_not_a_list() {
+        let mut i = crate::fixtures::fixture("canary.yaml");
+        let mut m = i.spec.model.take().unwrap();
+        m.name = Some("fraud".into());
+        i.spec.models = Some(vec![m]);
+        let err = validate(&i, &OperatorConfig::default()).unwrap_err();
+        assert!(err.contains("spec.canary needs spec.model"), "{err}");
+    }
+
+    #[test]
     fn canary_specs_are_checked_and_the_canary_runtime_derived() {
         use crate::fixtures::fixture;
         let cfg = OperatorConfig::default();
