@@ -30,6 +30,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_server::HealthServer,
 };
+use tracing::Instrument;
 
 use crate::{
     error::{ApiError, ErrorCode},
@@ -268,16 +269,19 @@ impl Inference {
             deadline = c.deadline;
         }
         let pipeline = st.image.get().and_then(|s| s.pipeline.clone());
-        let req = match pipeline {
-            None => codec::decode(msg, &engine.info, st.limits, None)?,
-            Some(p) => {
-                // Image decoding is CPU work: off the async workers, as on REST.
-                let (info, limits) = (engine.info.clone(), st.limits);
-                tokio::task::spawn_blocking(move || codec::decode(msg, &info, limits, Some(&p)))
-                    .await
-                    .map_err(|_| ApiError::internal("the image decoding task failed"))??
+        let decode = async {
+            match pipeline {
+                None => codec::decode(msg, &engine.info, st.limits, None),
+                Some(p) => {
+                    // Image decoding is CPU work: off the async workers, as on REST.
+                    let (info, limits) = (engine.info.clone(), st.limits);
+                    tokio::task::spawn_blocking(move || codec::decode(msg, &info, limits, Some(&p)))
+                        .await
+                        .map_err(|_| ApiError::internal("the image decoding task failed"))?
+                }
             }
         };
+        let req = decode.instrument(crate::telemetry::stage("decode")).await?;
         // The shortest of grpc-timeout (what is left of it), the request's parameters and the
         // server's limit (applied by `infer`).
         let left_ms = deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
@@ -287,7 +291,8 @@ impl Inference {
         };
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
         let outputs = crate::server::infer(st, engine, req.inputs, timeout_ms).await?;
-        Ok(codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw))
+        Ok(crate::telemetry::stage("encode")
+            .in_scope(|| codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw)))
     }
 }
 
@@ -406,6 +411,7 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let id_from_header = header_id.is_some();
     let id = header_id.unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
     let is_infer = path == INFER_PATH;
+    let trace = crate::telemetry::RequestTrace::grpc(&req);
 
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
@@ -467,9 +473,12 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         }
         Ok(_permit) => {
             req.extensions_mut().insert(call.clone());
+            let span = trace.span().clone();
             match (&st.log, is_infer) {
-                (Some(_), true) => REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).await,
-                _ => next.run(req).await,
+                (Some(_), true) => {
+                    REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).instrument(span).await
+                }
+                _ => next.run(req).instrument(span).await,
             }
         }
     };
@@ -511,7 +520,9 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let elapsed = start.elapsed();
     let message =
         error.as_ref().map(|e| e.message.clone()).or_else(|| status.as_ref().map(|s| s.message().to_string()));
+    trace.finish_grpc(code, &st.name, &st.version, &id);
     if is_infer {
+        let _in_request = trace.span().enter();
         crate::server::log_request(
             &st,
             &logged,
@@ -528,16 +539,18 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let latency_us = elapsed.as_micros() as u64;
     let protocol = if is_infer { "grpc" } else { "-" };
     let grpc_code = format!("{code:?}");
+    let trace_id = trace.trace_id();
+    let trace_id = trace_id.as_deref();
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
         (Some(m), _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
         (None, _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, "request"),
+            protocol, status = http, grpc_code, latency_us, trace_id, "request"),
     }
     resp
 }

@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod requestlog;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tensor;
 
 use std::{

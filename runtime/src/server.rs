@@ -23,6 +23,8 @@ use axum::{
     routing::{get, post},
 };
 
+use tracing::Instrument;
+
 use crate::{
     engine::Engine,
     error::{ApiError, ErrorCode},
@@ -84,6 +86,7 @@ pub(crate) fn log_request(st: &AppState, logged: &LoggedIo, outcome: RequestOutc
         Some((i, o)) => (Some(i.into_iter().map(Into::into).collect()), Some(o.into_iter().map(Into::into).collect())),
         None => (None, None),
     };
+    let _enqueue = crate::telemetry::stage("request_log.enqueue").entered();
     log.submit(crate::requestlog::Record {
         request_id: outcome.id.to_string(),
         time: time::OffsetDateTime::now_utc(),
@@ -318,9 +321,12 @@ pub(crate) async fn v2_infer(
         ),
         None => None,
     };
-    let req = crate::image::decode_v2(st.image.get(), body, header_len, &engine.info, st.limits).await?;
+    let req = crate::image::decode_v2(st.image.get(), body, header_len, &engine.info, st.limits)
+        .instrument(crate::telemetry::stage("decode"))
+        .await?;
     let outputs = infer(&st, engine, req.inputs, req.timeout_ms).await?;
-    let enc = v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs);
+    let enc = crate::telemetry::stage("encode")
+        .in_scope(|| v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs));
     let resp = match enc.header_len {
         None => json(StatusCode::OK, enc.body),
         Some(n) => {
@@ -374,11 +380,11 @@ pub(crate) async fn v1_predict(
     }
     let engine = st.engine(model, None)?;
     let body = body_bytes(body, st.max_body_bytes)?;
-    let inputs = v1::decode(&body, &engine.info, st.limits)?;
+    let inputs = crate::telemetry::stage("decode").in_scope(|| v1::decode(&body, &engine.info, st.limits))?;
     let n = rows_of(&inputs);
     let q = query_params(query)?;
     let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
-    Ok(json(StatusCode::OK, v1::encode_v1(&outputs, n)))
+    Ok(json(StatusCode::OK, crate::telemetry::stage("encode").in_scope(|| v1::encode_v1(&outputs, n))))
 }
 
 #[utoipa::path(post, path = "/predict", tag = "predict", params(("threshold" = Option<f64>, Query, description = "Binary classifiers: decision = score >= threshold"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body(content((crate::openapi::InstancesRequest = "application/json"), (String = "multipart/form-data")), description = "Rows as JSON, or JPEG/PNG files as multipart for image models"), responses((status = 200, description = "Predictions in request order", body = crate::openapi::PredictResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
@@ -397,16 +403,20 @@ pub(crate) async fn predict(
         return Err(ApiError::invalid(format!("threshold must be between 0 and 1, got {t}")));
     }
     // multipart/form-data: JPEG/PNG uploads for image models (one file = one row).
-    let (inputs, files) = match crate::image::multipart_boundary(&headers) {
-        Some(boundary) => {
-            let (inputs, files) =
-                crate::image::predict_inputs(st.image.get(), &engine.info, body, &boundary?, st.limits).await?;
-            (inputs, Some(files))
-        }
-        None => (v1::decode(&body, &engine.info, st.limits)?, None),
+    let decode = async {
+        Ok::<_, ApiError>(match crate::image::multipart_boundary(&headers) {
+            Some(boundary) => {
+                let (inputs, files) =
+                    crate::image::predict_inputs(st.image.get(), &engine.info, body, &boundary?, st.limits).await?;
+                (inputs, Some(files))
+            }
+            None => (v1::decode(&body, &engine.info, st.limits)?, None),
+        })
     };
+    let (inputs, files) = decode.instrument(crate::telemetry::stage("decode")).await?;
     let n = rows_of(&inputs);
     let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
+    let _encode = crate::telemetry::stage("encode").entered();
     if q.threshold.is_none()
         && let Some(body) = crate::image::encode_predict(st.image.get(), &engine.info, &outputs, n, files.as_deref())
     {
@@ -468,6 +478,7 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     let method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let protocol = matched.as_deref().and_then(protocol_of);
+    let trace = crate::telemetry::RequestTrace::http(&req, matched.as_deref());
     req.extensions_mut().insert(RequestId(id.clone()));
     if protocol.is_some() {
         st.metrics.in_flight.inc();
@@ -475,8 +486,10 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     let path_for_log = req.uri().path().to_string();
     let logged = Arc::new(std::sync::Mutex::new(None));
     let mut resp = match (&st.log, protocol) {
-        (Some(_), Some(_)) => REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).await,
-        _ => next.run(req).await,
+        (Some(_), Some(_)) => {
+            REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).instrument(trace.span().clone()).await
+        }
+        _ => next.run(req).instrument(trace.span().clone()).await,
     };
 
     let status = resp.status();
@@ -508,7 +521,9 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         st.metrics.requests.with_label_values(&[model, protocol, &code]).inc();
         st.metrics.request_duration.with_label_values(&[model, protocol]).observe(elapsed.as_secs_f64());
     }
+    trace.finish_http(resp.status().as_u16(), &st.name, &st.version, &id);
     if let Some(protocol) = protocol {
+        let _in_request = trace.span().enter();
         log_request(
             &st,
             &logged,
@@ -523,18 +538,20 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         );
     }
     let latency_us = elapsed.as_micros() as u64;
+    let trace_id = trace.trace_id();
+    let trace_id = trace_id.as_deref();
     match &err {
         Some(e) if e.code == ErrorCode::Internal => tracing::error!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             code = e.code.as_str(), error = %e.message, "request"),
         Some(e) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             code = e.code.as_str(), error = %e.message, "request"),
         None => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             "request"),
     }
     resp

@@ -215,7 +215,8 @@ impl Tracing {
 
         let mut resource = Resource::builder().with_attribute(KeyValue::new("service.version", version.to_string()));
         let named_in_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
-            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+                .is_ok_and(|v| v.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
         if !named_in_env {
             resource = resource.with_service_name(default_service_name.to_string());
         }
@@ -338,7 +339,8 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
         {
             self.0.insert(name, value);
         }
