@@ -236,14 +236,7 @@ impl Tracing {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.tracer.clone())
-            .with_location(false)
-            .with_threads(false)
-            .with_level(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|m| m.target() == TARGET || (m.is_event() && *m.level() <= tracing::Level::WARN)))
+        layer(self.tracer.clone())
     }
 
     /// Exports the queued spans (waits for the exporter, up to its timeout) and stops. Call it from
@@ -254,6 +247,23 @@ impl Tracing {
             tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
         }
     }
+}
+
+/// The `tracing` layer for `tracer`: [`TARGET`] spans become OpenTelemetry spans (without the
+/// code location, thread and busy/idle attributes); warnings and errors inside them become span
+/// events.
+pub fn layer<S>(tracer: SdkTracer) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(filter_fn(|m| m.target() == TARGET || (m.is_event() && *m.level() <= tracing::Level::WARN)))
 }
 
 /// Counts the spans each export takes off the queue, and those the collector did not accept.
