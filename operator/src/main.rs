@@ -143,6 +143,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         concurrency: args.concurrency,
         resync: std::time::Duration::from_secs(args.resync_seconds),
+        // Runtime pods without spec.tracing inherit the operator's collector and sampler.
+        tracing: kinfer_operator::config::TracingDefaults::from_env(),
     };
     let namespaces: Vec<String> =
         args.namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
