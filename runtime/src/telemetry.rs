@@ -185,3 +185,52 @@ pub fn record_engine(t: &RunTiming) {
         .start_with_context(tracer, &parent);
     run.end_with_timestamp(wall(t.finished));
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> Request {
+        let mut b = axum::http::Request::builder().method("POST").uri(uri);
+        if let Some(h) = host {
+            b = b.header(axum::http::header::HOST, h);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn probes_scrapes_health_and_reflection_are_not_traced() {
+        for p in
+            ["/metrics", "/health", "/ready", "/v2/health/live", "/v2/health/ready", "/grpc.health.v1.Health/Check"]
+        {
+            assert!(untraced(p), "{p}");
+        }
+        assert!(untraced("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        for p in ["/v2/models/m/infer", "/predict", "/inference.GRPCInferenceService/ModelInfer", "/v2"] {
+            assert!(!untraced(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn server_port_from_the_authority_or_the_host_header() {
+        assert_eq!(server_port(&req("http://10.0.0.1:8081/x", None)), Some(8081));
+        assert_eq!(server_port(&req("/x", Some("svc.ns:8080"))), Some(8080));
+        assert_eq!(server_port(&req("/x", Some("[::1]:9000"))), Some(9000));
+        assert_eq!(server_port(&req("/x", Some("svc.ns"))), None);
+        assert_eq!(server_port(&req("/x", None)), None);
+    }
+
+    #[test]
+    fn off_means_disabled_spans_and_no_trace_id() {
+        // No Tracing::init in unit tests: tracing is off.
+        let t = RequestTrace::http(&req("/v2/models/m/infer", None), Some("/v2/models/{model}/infer"));
+        assert!(t.span().is_disabled());
+        assert_eq!(t.trace_id(), None);
+        assert!(stage("decode").is_disabled());
+        let mut h = HeaderMap::new();
+        inject(&mut h);
+        assert!(h.is_empty());
+    }
+}
