@@ -254,6 +254,28 @@ async fn http_requests_are_traced_over_http_protobuf_continuing_the_callers_trac
     };
     assert!(v1_root.span.parent_span_id.is_empty(), "a root span");
     assert_ne!(v1_root.trace_id(), TRACE_ID);
+    // A caller that did not sample its trace: nothing recorded (parent-based sampler), but the
+    // access log still names the trace.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let r = client()
+        .post(rt.url("/v2/models/mlp/infer"))
+        .header("traceparent", format!("00-{unsampled}-{CALLER_SPAN}-00"))
+        .header("x-request-id", "unsampled-1")
+        .json(&v2_body())
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    // A sampled request after it: once its spans are in, the unsampled one's would be too.
+    let last = "5b8efff798038103d269b633813fc60c";
+    let r = client()
+        .post(rt.url("/v2/models/mlp/infer"))
+        .header("traceparent", format!("00-{last}-{CALLER_SPAN}-01"))
+        .json(&v2_body())
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
     // Probes and scrapes are not traced.
     let _ = rt.get_json("/v2/health/ready").await;
     let metrics = rt.metrics().await;
@@ -263,6 +285,11 @@ async fn http_requests_are_traced_over_http_protobuf_continuing_the_callers_trac
     let (code, stdout, _) = rt.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(code, 0);
     assert_eq!(access_line(&stdout, "traced-1")["trace_id"], TRACE_ID, "the trace id is in the access log");
+    assert_eq!(access_line(&stdout, "unsampled-1")["trace_id"], unsampled);
+    // The spans of the last request are exported (at the latest when the runtime shuts down);
+    // the unsampled request's, queued before them, are not.
+    assert!(collector.all().iter().any(|g| g.trace_id() == last), "the last request's spans were not exported");
+    assert!(collector.all().iter().all(|g| g.trace_id() != unsampled), "an unsampled trace was exported");
     assert!(!collector.all().iter().any(|g| g.span.name.contains("health") || g.span.name.contains("metrics")));
     // The log output never shows the trace spans.
     assert!(!stdout.contains("\"spans\""), "{stdout}");
@@ -377,4 +404,27 @@ async fn without_an_endpoint_there_is_no_trace_id_in_the_log() {
     rt.sigterm();
     let (_, stdout, _) = rt.wait_exit(Duration::from_secs(20)).await;
     assert!(access_line(&stdout, "untraced-1").get("trace_id").is_none(), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_spans_are_exported_at_shutdown() {
+    for grpc in [false, true] {
+        let (collector, base) = start_collector(grpc).await;
+        // No timed export: only the shutdown sends them.
+        let mut rt = traced(&base, if grpc { "grpc" } else { "http/protobuf" })
+            .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+            .ready()
+            .await;
+        let (status, _, _) = rt.post_json("/v2/models/mlp/infer", &v2_body()).await;
+        assert_eq!(status, 200);
+        assert!(collector.all().is_empty(), "exported before shutdown");
+        rt.sigterm();
+        let (code, _, _) = rt.wait_exit(Duration::from_secs(20)).await;
+        assert_eq!(code, 0);
+        let names: Vec<String> = collector.all().into_iter().map(|g| g.span.name).collect();
+        assert!(
+            names.iter().any(|n| n == "POST /v2/models/{model}/infer") && names.len() >= 5,
+            "grpc={grpc}: {names:?}"
+        );
+    }
 }
