@@ -6,7 +6,7 @@
 #   2. load the runtime and operator images (podman, built by `make image-test`) onto the node
 #   3. the S3 test server (runtime/examples/s3_server) on the node's bridge address 10.244.0.1,
 #      holding the example models as the suite expects them (iris/1, iris/2, iris/broken, tabular/1,
-#      mlp/1 in bucket `models`; bucket `inference-logs`)
+#      tabular/2, mlp/1 in bucket `models`; bucket `inference-logs`)
 #   4. the Rust suite with the operator in-process (KINFER_E2E_OPERATOR=in-process)
 #   5. the chart rendered through Helm's SDK (scripts/render-chart.py) and applied: the operator
 #      runs as a pod with its own ServiceAccount and RBAC; a smoke test of examples/iris-s3.yaml
@@ -105,10 +105,11 @@ cargo build -q -p kinfer-runtime --example s3_server
 s3_port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$BRIDGE',0)); print(s.getsockname()[1])")
 root="$WORK/s3"
 mkdir -p "$root/models/iris/1" "$root/models/iris/2" "$root/models/iris/broken" "$root/models/tabular/1" \
-  "$root/models/mlp/1" "$root/inference-logs"
+  "$root/models/tabular/2" "$root/models/mlp/1" "$root/inference-logs"
 cp examples/models/iris/model.onnx "$root/models/iris/1/model.onnx"
 cp examples/models/iris/model.onnx "$root/models/iris/2/model.onnx"
 cp examples/models/tabular/model.onnx "$root/models/tabular/1/model.onnx"
+cp examples/models/tabular/model.onnx "$root/models/tabular/2/model.onnx"
 cp examples/models/mlp/model.onnx "$root/models/mlp/1/model.onnx"
 echo "this is not an ONNX model" >"$root/models/iris/broken/model.onnx"
 "${CARGO_TARGET_DIR:-target}/debug/examples/s3_server" --root "$root" --addr "$BRIDGE:$s3_port" \

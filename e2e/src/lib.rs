@@ -13,7 +13,7 @@
 //! | `KINFER_E2E_S3_ENDPOINT` | `http://s3.kinfer-s3.svc.cluster.local:9000` | S3-compatible endpoint as the pods see it (kind.sh passes the Service's cluster IP, so no cluster DNS is needed) |
 //! | `KINFER_E2E_S3_ACCESS_KEY` / `KINFER_E2E_S3_SECRET_KEY` | the demo store's keys | credentials, put into a Secret in each test namespace |
 //! | `KINFER_E2E_S3_REGION` | `us-east-1` | region |
-//! | `KINFER_E2E_MODEL_BUCKET` | `models` | bucket holding `iris/1/`, `iris/2/`, `iris/broken/`, `tabular/1/`, `mlp/1/` (`model.onnx` each), as `examples/kind/upload-models-job.yaml` makes it |
+//! | `KINFER_E2E_MODEL_BUCKET` | `models` | bucket holding `iris/1/`, `iris/2/`, `iris/broken/`, `tabular/1/`, `tabular/2/`, `mlp/1/` (`model.onnx` each), as `examples/kind/upload-models-job.yaml` makes it |
 //! | `KINFER_E2E_LOG_BUCKET` | `inference-logs` | bucket for request logging |
 //! | `KINFER_E2E_READY_TIMEOUT` | `300` | seconds an InferenceService may take to become Ready |
 //! | `KINFER_E2E_POD_SECURITY` | `restricted` | Pod Security Standard enforced on the test namespaces |
@@ -51,6 +51,8 @@ pub const FIELD_MANAGER: &str = "kinfer-e2e";
 pub const NS_LABEL: &str = "kinfer.dev/e2e";
 /// Name of the S3 credentials Secret in each test namespace.
 pub const S3_SECRET: &str = "s3-credentials";
+/// Response header naming the model version that answered (set by the runtime).
+pub const VERSION_HEADER: &str = "x-kinfer-model-version";
 /// Port of the runtime container and of the Service the operator makes.
 pub const POD_PORT: u16 = 8080;
 pub const SERVICE_PORT: u16 = 80;
@@ -456,6 +458,38 @@ impl TestNamespace {
                 other => return other,
             }
         }
+    }
+
+    /// POSTs an infer request to the Service through the API server's service proxy, with extra
+    /// request headers, and returns the answer with the model version that produced it (the
+    /// runtime's `x-kinfer-model-version` response header, which the proxy passes through).
+    /// Never retried: any failure is returned.
+    pub async fn infer_service_version(
+        &self,
+        service: &str,
+        model: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<(Value, String)> {
+        let path =
+            format!("/api/v1/namespaces/{}/services/{service}:{SERVICE_PORT}/proxy/v2/models/{model}/infer", self.name);
+        let mut req = http::Request::post(&path).header(http::header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(kube::client::Body::from(serde_json::to_vec(body)?))?;
+        let resp = self.client.send(req).await.with_context(|| format!("POST {path}"))?;
+        let status = resp.status();
+        let version =
+            resp.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(String::from).unwrap_or_default();
+        let bytes = resp.into_body().collect_bytes().await.with_context(|| format!("reading POST {path}"))?;
+        if !status.is_success() {
+            bail!("POST {path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        if version.is_empty() {
+            bail!("POST {path}: no {VERSION_HEADER} header in the answer");
+        }
+        Ok((serde_json::from_slice(&bytes).with_context(|| format!("POST {path}: answer is not JSON"))?, version))
     }
 
     /// Starts a client that sends predictions to the Service in a loop until stopped.

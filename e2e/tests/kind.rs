@@ -13,6 +13,9 @@ use kinfer_e2e::{TestNamespace, check_outputs, enabled, eventually, expected, in
 use kube::{Api, ResourceExt, api::DeleteParams};
 use serde_json::json;
 
+#[path = "kind/canary.rs"]
+mod canary;
+
 fn iris_spec(ns: &TestNamespace, path: &str, replicas: i32) -> serde_json::Value {
     json!({
         "model": { "uri": ns.config.model_uri(path), "version": "1", "storage": ns.config.storage() },

@@ -38,14 +38,18 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::{Instrument, Level, debug, info, warn};
 
 use crate::{
-    build::{Children, ISVC_LABEL, MANAGED_BY, TEMPLATE_HASH_LABEL, build},
+    build::{
+        CanaryChildren, Children, HTTP_PORT, ISVC_LABEL, MANAGED_BY, TEMPLATE_HASH_LABEL, build, build_canary,
+        canary_url, routing_env, selector_labels,
+    },
+    canary::{self, CANARY, Observed, may_retire, should_route},
     config::{FIELD_MANAGER, OperatorConfig},
     crd::{InferenceService, InferenceServiceStatus},
     error::{Error, Result, is_rejection},
     events::{Event, EventRecorder},
     metrics::Metrics,
     status::{READY, Rollout, compute_status, invalid_status, is_rolled_out, rollout, same_ignoring_time},
-    validate::{Scaling, ValidatedService, validate},
+    validate::{CANARY_SUFFIX, Scaling, ValidatedService, validate},
 };
 
 /// Triggers for one InferenceService within this long make one reconcile (creating it causes a
@@ -56,8 +60,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// ...up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// `(InferenceService key, child kind)` → (hash of the applied object, resourceVersion).
-type AppliedMap = HashMap<(String, &'static str), (u64, String)>;
+/// `(InferenceService key, "<child kind>/<child name>")` → (hash of the applied object,
+/// resourceVersion).
+type AppliedMap = HashMap<(String, String), (u64, String)>;
 
 /// What every reconcile needs.
 pub struct Context {
@@ -156,8 +161,13 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         }
     };
 
-    let applied = match apply(ctx, &valid, build(&valid)).await {
+    let old = isvc.status.clone().unwrap_or_default();
+    let (mut applied, canary_deployment) = match apply_all(ctx, &valid).await {
         Ok(a) => a,
+        Err(Error::InvalidSpec(message)) => {
+            refuse(isvc, &isvcs, ctx, &message).await?;
+            return Err(Error::InvalidSpec(message));
+        }
         Err(e @ Error::Rejected { .. }) => {
             refuse(isvc, &isvcs, ctx, &e.to_string()).await?;
             return Err(e);
@@ -166,14 +176,35 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     };
 
     let min_available = valid.min_available();
-    let rollout = if is_rolled_out(&applied.deployment, min_available) {
+    let stable_rolled_out = is_rolled_out(&applied.deployment, min_available);
+    let rollout = if stable_rolled_out {
         rollout(&applied.deployment, &[], min_available)
     } else {
         let pods = current_pods(&ctx.client, &valid, &applied.deployment).await?;
         rollout(&applied.deployment, &pods, min_available)
     };
-    let status = compute_status(isvc, &valid, &ctx.config, &applied.deployment, &rollout, Timestamp::now());
-    let old = isvc.status.clone().unwrap_or_default();
+
+    // The canary: its rollout while spec.canary is set; else retire a canary still running once
+    // the stable rollout is complete.
+    let canary_rollout = match (&valid.canary, &canary_deployment) {
+        (Some(c), Some(d)) => Some(canary_rollout(ctx, &c.service, d).await?),
+        _ => None,
+    };
+    let retiring =
+        if valid.canary.is_none() && (old.canary.is_some() || old.observed_generation != isvc.metadata.generation) {
+            retire_canary(ctx, &valid, stable_rolled_out, &mut applied).await?
+        } else {
+            None
+        };
+    let observed = match (&valid.canary, &canary_deployment, &canary_rollout, &retiring) {
+        (Some(canary), Some(deployment), Some(rollout), _) => Observed::Active { canary, deployment, rollout },
+        (None, _, _, Some(deployment)) => Observed::Retiring { deployment },
+        _ => Observed::Absent,
+    };
+
+    let now = Timestamp::now();
+    let mut status = compute_status(isvc, &valid, &ctx.config, &applied.deployment, &rollout, now);
+    canary::set_status(&mut status, &old, &observed, &applied.deployment, stable_rolled_out, now);
     patch_status_if_changed(&isvcs, isvc, &old, &status).await?;
 
     // Events: applied children for a new generation, deletions, and transitions of Ready.
@@ -184,19 +215,22 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             EventType::Normal,
             reason,
             "Apply",
-            format!("applied {} for generation {}", applied.kinds.join(", "), isvc.metadata.generation.unwrap_or(0)),
+            format!(
+                "applied {}{} for generation {}",
+                applied.kinds.join(", "),
+                if applied.canary_kinds.is_empty() || valid.canary.is_none() {
+                    String::new()
+                } else {
+                    format!(" and the canary's {}", applied.canary_kinds.join(", "))
+                },
+                isvc.metadata.generation.unwrap_or(0)
+            ),
         )
         .await;
     }
-    for kind in &applied.deleted {
-        ctx.publish(
-            isvc,
-            EventType::Normal,
-            "Deleted",
-            "Delete",
-            format!("deleted {kind} {} (no longer wanted)", valid.name),
-        )
-        .await;
+    for (kind, name) in &applied.deleted {
+        ctx.publish(isvc, EventType::Normal, "Deleted", "Delete", format!("deleted {kind} {name} (no longer wanted)"))
+            .await;
     }
     let old_ready = old.conditions.iter().find(|c| c.type_ == READY);
     let new_ready = status.conditions.iter().find(|c| c.type_ == READY);
@@ -214,8 +248,9 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             }
         }
     }
+    canary_events(ctx, isvc, &old, &status).await;
 
-    ctx.metrics.set_managed(&key(isvc), Some(applied.kinds.clone()));
+    ctx.metrics.set_managed(&key(isvc), Some([applied.kinds.clone(), applied.canary_kinds.clone()].concat()));
     debug!(isvc = %key(isvc), ?rollout, "reconciled");
     // No shorter requeue while a rollout is under way: the watches on the Deployments and on
     // the runtime pods trigger a reconcile on every change of either.
@@ -266,10 +301,177 @@ async fn patch_status_if_changed(
 pub struct Applied {
     /// The Deployment as the API server returned it (with its current status).
     pub deployment: Deployment,
-    /// Kinds of the children that exist now.
+    /// Kinds of the stable children that exist now.
     pub kinds: Vec<&'static str>,
-    /// Kinds of the children deleted because they are no longer wanted.
-    pub deleted: Vec<&'static str>,
+    /// Kinds of the canary's children that exist now (`<name>-canary`).
+    pub canary_kinds: Vec<&'static str>,
+    /// Kind and name of the children deleted because they are no longer wanted.
+    pub deleted: Vec<(&'static str, String)>,
+}
+
+/// Applies the canary's children first (when `spec.canary` is set: the stable pods' routing
+/// needs the canary Service's ClusterIP), then the stable ones with that routing once the
+/// canary can serve ([`should_route`]). Returns the stable children and the canary Deployment.
+async fn apply_all(ctx: &Context, isvc: &ValidatedService) -> Result<(Applied, Option<Deployment>)> {
+    let (canary_deployment, routing) = match (&isvc.canary, build_canary(isvc)) {
+        (Some(canary), Some(children)) => {
+            let (deployment, cluster_ip) = apply_canary(ctx, isvc, children).await?;
+            let routing = match cluster_ip {
+                Some(ip) => {
+                    let live =
+                        get_cached(&Api::<Deployment>::namespaced(ctx.client.clone(), &isvc.namespace), &isvc.name)
+                            .await
+                            .map_err(|source| Error::Read { what: "Deployment", source })?;
+                    if should_route(&deployment, live.as_ref(), &canary_url(&ip, HTTP_PORT)) {
+                        routing_env(canary, &ip)
+                    } else {
+                        Vec::new()
+                    }
+                }
+                // No address allocated (yet): nothing to route to.
+                None => Vec::new(),
+            };
+            (Some(deployment), routing)
+        }
+        _ => (None, Vec::new()),
+    };
+    let mut applied = apply(ctx, isvc, build(isvc, routing)).await?;
+    if canary_deployment.is_some() {
+        applied.canary_kinds.extend(["Service", "Deployment"]);
+    }
+    Ok((applied, canary_deployment))
+}
+
+/// Applies the canary's Service and Deployment; returns the Deployment and the Service's
+/// ClusterIP as the API server allocated it.
+async fn apply_canary(
+    ctx: &Context,
+    isvc: &ValidatedService,
+    children: CanaryChildren,
+) -> Result<(Deployment, Option<String>)> {
+    let CanaryChildren { deployment, service } = children;
+    let ns = &isvc.namespace;
+    let owner = format!("{ns}/{}", isvc.name);
+    let services = Api::<Service>::namespaced(ctx.client.clone(), ns);
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), ns);
+    refuse_foreign(&services, &service, isvc).await?;
+    refuse_foreign(&deployments, &deployment, isvc).await?;
+    let (service, deployment) = futures::try_join!(
+        ensure_applied(ctx, &owner, &services, &service),
+        ensure_applied(ctx, &owner, &deployments, &deployment)
+    )?;
+    let ip = service.spec.and_then(|s| s.cluster_ip).filter(|ip| !ip.is_empty() && ip != "None");
+    Ok((deployment, ip))
+}
+
+/// Fails (as a refused spec) when an object named like a canary child exists and is not
+/// controlled by this InferenceService, e.g. the Deployment of another InferenceService called
+/// `<name>-canary`: the operator's forced apply would take it over.
+async fn refuse_foreign<K>(api: &Api<K>, wanted: &K, isvc: &ValidatedService) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let kind = kind_name::<K>();
+    let name = wanted.meta().name.clone().unwrap_or_default();
+    let Some(existing) = get_cached(api, &name).await.map_err(|source| Error::Read { what: kind, source })? else {
+        return Ok(());
+    };
+    let ours = existing.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == isvc.owner.uid);
+    if ours {
+        return Ok(());
+    }
+    Err(Error::InvalidSpec(format!(
+        "the canary needs {kind} {name}, which exists and does not belong to this InferenceService: \
+         rename one of them"
+    )))
+}
+
+/// How the canary's rollout stands (its current pods are read only while it is incomplete).
+async fn canary_rollout(ctx: &Context, canary: &ValidatedService, deployment: &Deployment) -> Result<Rollout> {
+    let min_available = canary.min_available();
+    if is_rolled_out(deployment, min_available) {
+        return Ok(rollout(deployment, &[], min_available));
+    }
+    let pods = current_pods(&ctx.client, canary, deployment).await?;
+    Ok(rollout(deployment, &pods, min_available))
+}
+
+/// Without `spec.canary`: deletes a canary still running once [`may_retire`] allows it
+/// (recorded in `applied.deleted`), else returns its Deployment (it keeps serving the old
+/// stable pods' share).
+async fn retire_canary(
+    ctx: &Context,
+    isvc: &ValidatedService,
+    stable_rolled_out: bool,
+    applied: &mut Applied,
+) -> Result<Option<Deployment>> {
+    let ns = &isvc.namespace;
+    let owner = format!("{ns}/{}", isvc.name);
+    let name = format!("{}{CANARY_SUFFIX}", isvc.name);
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), ns);
+    let services = Api::<Service>::namespaced(ctx.client.clone(), ns);
+    let read = |what| move |source| Error::Read { what, source };
+    let owned = |o: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        o.iter().any(|o| o.controller == Some(true) && o.uid == isvc.owner.uid)
+    };
+    let deployment =
+        get_cached(&deployments, &name).await.map_err(read("Deployment"))?.filter(|d| owned(d.owner_references()));
+    let service = get_cached(&services, &name).await.map_err(read("Service"))?.filter(|s| owned(s.owner_references()));
+    if deployment.is_none() && service.is_none() {
+        return Ok(None);
+    }
+    let stable_pods = if stable_rolled_out {
+        let selector = selector_labels(isvc).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        Api::<Pod>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default().labels(&selector).match_any())
+            .await
+            .map_err(read("pods"))?
+            .items
+    } else {
+        Vec::new()
+    };
+    if !may_retire(stable_rolled_out, &stable_pods) {
+        if service.is_some() {
+            applied.canary_kinds.push("Service");
+        }
+        if deployment.is_some() {
+            applied.canary_kinds.push("Deployment");
+        }
+        return Ok(deployment);
+    }
+    if delete_owned(ctx, &owner, &deployments, isvc, &name).await? {
+        applied.deleted.push(("Deployment", name.clone()));
+    }
+    if delete_owned(ctx, &owner, &services, isvc, &name).await? {
+        applied.deleted.push(("Service", name.clone()));
+    }
+    Ok(None)
+}
+
+/// Events about the canary: the split in effect changed; the canary failed.
+async fn canary_events(
+    ctx: &Context,
+    isvc: &InferenceService,
+    old: &InferenceServiceStatus,
+    new: &InferenceServiceStatus,
+) {
+    let traffic = |s: &InferenceServiceStatus| s.canary.as_ref().and_then(|c| c.traffic.clone());
+    let before = traffic(old).unwrap_or_else(|| "none".into());
+    if let Some(c) = &new.canary
+        && let Some(now) = traffic(new)
+        && now != before
+    {
+        let note = format!("canary version {}: traffic {before} → {now}", c.version.as_deref().unwrap_or("?"),);
+        ctx.publish(isvc, EventType::Normal, "CanaryTraffic", "Route", note).await;
+    }
+    let cond = |s: &InferenceServiceStatus| s.conditions.iter().find(|c| c.type_ == CANARY).cloned();
+    if let Some(c) = cond(new)
+        && c.status == "False"
+        && [canary::REASON_LOAD_FAILED, canary::REASON_ROLLOUT_FAILED].contains(&c.reason.as_str())
+        && cond(old).is_none_or(|o| o.reason != c.reason)
+    {
+        ctx.publish(isvc, EventType::Warning, &c.reason, "Rollout", c.message.clone()).await;
+    }
 }
 
 /// Applies every wanted child and deletes the unwanted ones. The four children are
@@ -305,14 +507,14 @@ pub async fn apply(ctx: &Context, isvc: &ValidatedService, children: Children) -
         let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
         match hpa {
             Some(h) => ensure_applied(ctx, &owner, &hpas, &h).await.map(|_| (true, false)),
-            None => delete_owned(ctx, &owner, &hpas, isvc).await.map(|deleted| (false, deleted)),
+            None => delete_owned(ctx, &owner, &hpas, isvc, &isvc.name).await.map(|deleted| (false, deleted)),
         }
     };
     let pdb = async {
         let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
         match pdb {
             Some(p) => ensure_applied(ctx, &owner, &pdbs, &p).await.map(|_| (true, false)),
-            None => delete_owned(ctx, &owner, &pdbs, isvc).await.map(|deleted| (false, deleted)),
+            None => delete_owned(ctx, &owner, &pdbs, isvc, &isvc.name).await.map(|deleted| (false, deleted)),
         }
     };
     let ((), deployment, (hpa_exists, hpa_deleted), (pdb_exists, pdb_deleted)) =
@@ -324,15 +526,15 @@ pub async fn apply(ctx: &Context, isvc: &ValidatedService, children: Children) -
         kinds.push("HorizontalPodAutoscaler");
     }
     if hpa_deleted {
-        deleted.push("HorizontalPodAutoscaler");
+        deleted.push(("HorizontalPodAutoscaler", isvc.name.clone()));
     }
     if pdb_exists {
         kinds.push("PodDisruptionBudget");
     }
     if pdb_deleted {
-        deleted.push("PodDisruptionBudget");
+        deleted.push(("PodDisruptionBudget", isvc.name.clone()));
     }
-    Ok(Applied { deployment, kinds, deleted })
+    Ok(Applied { deployment, kinds, canary_kinds: Vec::new(), deleted })
 }
 
 fn hash_of<K: Serialize>(obj: &K) -> u64 {
@@ -348,13 +550,13 @@ where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
     let kind = kind_name::<K>();
-    let key = (owner.to_string(), kind);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let key = (owner.to_string(), format!("{kind}/{name}"));
     let hash = hash_of(obj);
     let last = ctx.applied().get(&key).cloned();
     if let Some((last_hash, last_version)) = last
         && last_hash == hash
     {
-        let name = obj.meta().name.clone().unwrap_or_default();
         let live = get_cached(api, &name).await.map_err(|source| Error::Read { what: kind, source })?;
         if let Some(live) = live
             && live.meta().resource_version.as_deref() == Some(last_version.as_str())
@@ -425,14 +627,14 @@ async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str, min: i32,
     Ok(true)
 }
 
-/// Deletes the child named like the InferenceService if (and only if) it is controlled by it.
-async fn delete_owned<K>(ctx: &Context, owner: &str, api: &Api<K>, isvc: &ValidatedService) -> Result<bool>
+/// Deletes the child `name` if (and only if) it is controlled by the InferenceService.
+async fn delete_owned<K>(ctx: &Context, owner: &str, api: &Api<K>, isvc: &ValidatedService, name: &str) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
     let kind = kind_name::<K>();
-    ctx.applied().remove(&(owner.to_string(), kind));
-    let Some(existing) = get_cached(api, &isvc.name).await.map_err(|source| Error::Read { what: kind, source })? else {
+    ctx.applied().remove(&(owner.to_string(), format!("{kind}/{name}")));
+    let Some(existing) = get_cached(api, name).await.map_err(|source| Error::Read { what: kind, source })? else {
         return Ok(false);
     };
     let ours = existing.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == isvc.owner.uid);
@@ -443,10 +645,10 @@ where
         preconditions: Some(Preconditions { uid: existing.uid(), resource_version: None }),
         ..DeleteParams::background()
     };
-    match api.delete(&isvc.name, &dp).await {
+    match api.delete(name, &dp).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
-        Err(source) => Err(Error::Delete { kind, name: isvc.name.clone(), source }),
+        Err(source) => Err(Error::Delete { kind, name: name.to_string(), source }),
     }
 }
 
@@ -484,7 +686,7 @@ async fn current_pods(client: &Client, isvc: &ValidatedService, deployment: &Dep
         .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
         .cloned()
         .unwrap_or_default();
-    let selector = format!("{ISVC_LABEL}={},{TEMPLATE_HASH_LABEL}={hash}", isvc.name);
+    let selector = format!("{ISVC_LABEL}={},{TEMPLATE_HASH_LABEL}={hash}", isvc.owner.name);
     let pods = Api::<Pod>::namespaced(client.clone(), &isvc.namespace)
         .list(&ListParams::default().labels(&selector).match_any())
         .await

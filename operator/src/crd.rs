@@ -67,6 +67,12 @@ pub const SHORT_NAME: &str = "kisvc";
         description = "Ready runtime pods"
     ),
     printcolumn(
+        name = "Canary",
+        type_ = "string",
+        json_path = ".status.canary.traffic",
+        description = "Traffic the canary model gets now (e.g. `10% split`, `shadow 100%`)"
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
@@ -79,6 +85,10 @@ pub const SHORT_NAME: &str = "kisvc";
     {
         "rule": "!(has(self.replicas) && has(self.autoscaling))",
         "message": "set either spec.replicas or spec.autoscaling, not both"
+    },
+    {
+        "rule": "!has(self.canary) || !has(self.canary.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
+        "message": "spec.canary.model must differ from spec.model (another uri or version): a canary identical to the stable model compares nothing"
     }
 ]))]
 pub struct InferenceServiceSpec {
@@ -149,6 +159,14 @@ pub struct InferenceServiceSpec {
     /// defaults (its own `OTEL_*` variables); with no endpoint anywhere no traces are exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
+
+    /// A candidate model run beside `model` in its own Deployment and Service
+    /// (`<name>-canary`): it gets a share of the requests (`mode: split`, A/B with
+    /// `stickyHeader`) or a copy of them (`mode: shadow`). The Service and URL stay the same.
+    /// Promote by moving `canary.model` into `model` and removing `canary`; remove `canary`
+    /// alone to roll back. Unset: no canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
 }
 
 /// Where the runtime pods send their traces, and how many.
@@ -197,6 +215,99 @@ impl OtlpProtocol {
         match self {
             OtlpProtocol::Grpc => "grpc",
             OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// A candidate model served beside the stable one (see `spec.canary`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.model)",
+        "message": "spec.canary.model is required: the candidate model (same fields as spec.model)"
+    },
+    {
+        "rule": "!has(self.trafficPercent) || (self.trafficPercent >= 0 && self.trafficPercent <= 100)",
+        "message": "spec.canary.trafficPercent must be between 0 and 100"
+    },
+    {
+        "rule": "self.mode != 'shadow' || !has(self.trafficPercent)",
+        "message": "spec.canary.trafficPercent does not apply to mode: shadow (every answer comes from the stable model; use sampleRate for the share copied to the canary)"
+    },
+    {
+        "rule": "self.mode != 'split' || has(self.trafficPercent)",
+        "message": "spec.canary.trafficPercent is required with mode: split (0-100)"
+    },
+    {
+        "rule": "self.mode == 'shadow' || !has(self.sampleRate)",
+        "message": "spec.canary.sampleRate applies only to mode: shadow"
+    },
+    {
+        "rule": "self.mode == 'split' || !has(self.stickyHeader)",
+        "message": "spec.canary.stickyHeader applies only to mode: split"
+    }
+]))]
+pub struct CanarySpec {
+    /// The candidate model: same fields as `spec.model`. `name` must be unset or equal to the
+    /// stable model's served name (requests are forwarded with the same path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+
+    /// Percent of requests answered by the canary in `split` mode (0–100; 0 runs the canary
+    /// without traffic). Sets `KINFER_CANARY_PERCENT` on the stable pods. Not with `shadow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub traffic_percent: Option<i32>,
+
+    /// `split`: `trafficPercent` of the requests are answered by the canary. `shadow`: every
+    /// request is answered by the stable model and a copy (`sampleRate` of them) is sent to the
+    /// canary, whose answer is only measured.
+    #[serde(default)]
+    pub mode: CanaryMode,
+
+    /// `split` only: request header whose value picks the version (A/B tests): the same value
+    /// always goes to the same version, on every pod, e.g. `x-user-id`
+    /// (`KINFER_CANARY_STICKY_HEADER`). Requests without it are split at random. Unset: every
+    /// request is split at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"))]
+    pub sticky_header: Option<String>,
+
+    /// `shadow` only: fraction of requests copied to the canary, from 0 to 1. Unset: 1 (all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_rate: Option<f64>,
+
+    /// Runtime pods of the canary (fixed; no autoscaler). Unset: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+
+    /// Longest time a stable pod waits for the canary's answer before answering the request
+    /// itself, in milliseconds (`KINFER_CANARY_TIMEOUT_MS`). Unset: the runtime's default (2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub timeout_millis: Option<i64>,
+}
+
+/// How the canary gets traffic.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryMode {
+    /// A share of the requests is answered by the canary.
+    #[default]
+    Split,
+    /// Requests are answered by the stable model and copied to the canary.
+    Shadow,
+}
+
+impl CanaryMode {
+    /// The value of `KINFER_CANARY_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanaryMode::Split => "split",
+            CanaryMode::Shadow => "shadow",
         }
     }
 }
@@ -723,6 +834,60 @@ pub struct InferenceServiceStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The canary, while its Deployment exists (also while it is retired after a promotion or
+    /// a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// Observed state of the canary.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Model version of the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Model uri of the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_uri: Option<String>,
+
+    /// Canary pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Canary pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Mode of the split the stable pods apply now (`split` or `shadow`); unset while no
+    /// request goes to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+
+    /// Percent of requests the canary answers now (split mode; 0 in shadow mode and while the
+    /// stable pods do not route to it yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_percent: Option<i32>,
+
+    /// Fraction of requests copied to the canary now (shadow mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<f64>,
+
+    /// Header that keeps a client on one version, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+
+    /// The split in effect in words, for `kubectl get kisvc`: `10% split`, `shadow 100%`, or
+    /// `none` while the stable pods do not route to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<String>,
+
+    /// Why the canary does not serve, with the runtime's own termination message when its
+    /// model failed to load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Conditions as a list keyed by `type` (the Kubernetes convention for `conditions`).
@@ -879,6 +1044,10 @@ mod tests {
             "cors.allowedOrigins entries must be \"*\" or an http(s) origin",
             "cors.allowedOrigins: \"*\" must be the only entry",
             "limits.rateLimitBurst needs limits.rateLimitPerSecond",
+            "spec.canary.model is required",
+            "spec.canary.trafficPercent must be between 0 and 100",
+            "spec.canary.trafficPercent does not apply to mode: shadow",
+            "spec.canary.model must differ from spec.model",
         ] {
             assert!(found.iter().any(|(_, m)| m.contains(needle)), "no CEL rule with message {needle:?} in {found:?}");
         }
@@ -897,7 +1066,7 @@ mod tests {
     fn cel_rules_accept_valid_fixtures_and_refuse_invalid_ones_with_their_message() {
         let validator = kube::core::cel::Validator::new();
         let schema = schema();
-        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml"] {
+        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "canary.yaml"] {
             if let Err(e) = validator.validate(&schema, &fixture_value(ok), None) {
                 panic!("{ok} refused: {e}");
             }
@@ -909,6 +1078,10 @@ mod tests {
             ),
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+            ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
+            ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
+            ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
+            ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
         ] {
             let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
             assert!(err.contains(message), "{file}: {err}");
@@ -945,6 +1118,37 @@ mod tests {
         v["spec"]["cors"]["allowedOrigins"] = serde_json::json!(["https://app.example.com/path"]);
         let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
         assert!(err.contains("cors.allowedOrigins entries must be"), "{err}");
+    }
+
+    /// The canary rules beyond the fixtures: split needs a percent, sampleRate only in shadow,
+    /// the same uri with another version is a valid canary.
+    #[test]
+    fn canary_cel_rules_cover_the_modes() {
+        let validator = kube::core::cel::Validator::new();
+        let schema = schema();
+        let mut v = fixture_value("canary.yaml");
+        v["spec"]["canary"].as_object_mut().unwrap().remove("trafficPercent");
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("spec.canary.trafficPercent is required with mode: split"), "{err}");
+        v["spec"]["canary"]["mode"] = "shadow".into();
+        v["spec"]["canary"]["sampleRate"] = 0.5.into();
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("spec.canary.stickyHeader applies only to mode: split"), "{err}");
+        v["spec"]["canary"].as_object_mut().unwrap().remove("stickyHeader");
+        validator.validate(&schema, &v, None).unwrap();
+        v["spec"]["canary"]["mode"] = "split".into();
+        v["spec"]["canary"]["trafficPercent"] = 5.into();
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("spec.canary.sampleRate applies only to mode: shadow"), "{err}");
+        let mut v = fixture_value("canary.yaml");
+        v["spec"]["canary"]["model"]["uri"] = v["spec"]["model"]["uri"].clone();
+        validator.validate(&schema, &v, None).expect("same uri, another version");
+        // version defaults to "1" on both sides: identical
+        let mut v = fixture_value("canary.yaml");
+        v["spec"]["model"].as_object_mut().unwrap().remove("version");
+        v["spec"]["canary"]["model"] = v["spec"]["model"].clone();
+        let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
+        assert!(err.contains("spec.canary.model must differ from spec.model"), "{err}");
     }
 
     /// The connection deadlines and limit are bounded in the schema: no 0 (the runtime refuses
@@ -1005,7 +1209,7 @@ mod tests {
         assert!(version.subresources.as_ref().unwrap().status.is_some());
         let columns: Vec<String> =
             version.additional_printer_columns.iter().flatten().map(|c| c.name.to_uppercase()).collect();
-        for c in ["READY", "URL", "MODEL", "REPLICAS", "AGE"] {
+        for c in ["READY", "URL", "MODEL", "REPLICAS", "CANARY", "AGE"] {
             assert!(columns.contains(&c.to_string()), "{columns:?}");
         }
     }

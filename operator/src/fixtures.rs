@@ -353,6 +353,14 @@ fn answer(state: &mut FakeState, call: &Call) -> (StatusCode, Value) {
         Method::PATCH => {
             let mut obj = call.body.clone().unwrap_or(Value::Null);
             let existing = state.objects.get(&path).cloned();
+            if path.contains("/services/") {
+                // The API server allocates a ClusterIP once and keeps it across applies.
+                let ip = existing
+                    .as_ref()
+                    .and_then(|e| e["spec"].get("clusterIP").cloned())
+                    .unwrap_or_else(|| json!(format!("10.96.0.{}", 10 + state.uid_counter % 200)));
+                obj["spec"]["clusterIP"] = ip;
+            }
             let (uid, generation, status) = match &existing {
                 Some(e) => {
                     let generation = e["metadata"]["generation"].as_i64().unwrap_or(1);

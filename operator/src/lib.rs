@@ -7,6 +7,7 @@
 //! (server-side apply) → [`status`] (computed from what the children report).
 
 pub mod build;
+pub mod canary;
 pub mod config;
 pub mod controller;
 pub mod crd;

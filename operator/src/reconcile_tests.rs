@@ -743,3 +743,289 @@ async fn a_reconcile_is_one_span_with_a_child_per_apply() {
     let root = got.iter().find(|s| s.name == "reconcile InferenceService").expect("reconcile span");
     assert!(matches!(&root.status, Status::Error { description } if !description.is_empty()), "{:?}", root.status);
 }
+
+mod canary {
+    //! `spec.canary`: the canary's children, the stable pods' routing, status and retirement.
+
+    use super::*;
+    use crate::{
+        build::{ISVC_LABEL, TRACK_LABEL},
+        canary::CANARY,
+        crd::CanarySpec,
+    };
+
+    const CANARY_NAME: &str = "fraud-canary";
+
+    impl Harness {
+        fn canary_deployment(&self) -> Option<Deployment> {
+            self.get(&paths::deployment(CANARY_NAME))
+        }
+
+        /// Sets the canary Deployment's status: `available` of its `replicas` pods available.
+        fn set_canary_available(&self, available: i32) {
+            let mut st = self.state.lock().unwrap();
+            let obj = st.objects.get_mut(&paths::deployment(CANARY_NAME)).unwrap();
+            obj["status"] = json!({"observedGeneration": obj["metadata"]["generation"], "replicas": 1,
+                "updatedReplicas": 1, "readyReplicas": available, "availableReplicas": available});
+        }
+
+        fn canary_status(&self) -> crate::crd::CanaryStatus {
+            self.isvc().status.unwrap().canary.expect("status.canary")
+        }
+
+        /// Creates the resource, makes the canary available and the stable pods roll out with
+        /// the routing: the canary serves its share.
+        async fn serving(&self) {
+            self.reconcile().await.unwrap();
+            self.set_canary_available(1);
+            self.reconcile().await.unwrap();
+            self.roll_out();
+            self.reconcile().await.unwrap();
+            assert_eq!(self.condition(CANARY).0, "True");
+        }
+    }
+
+    fn env_of(d: &Deployment, name: &str) -> Option<String> {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    #[tokio::test]
+    async fn the_canary_runs_beside_the_stable_model_and_gets_traffic_once_it_can_serve() {
+        let h = Harness::new("canary.yaml");
+        h.reconcile().await.unwrap();
+
+        let canary = h.canary_deployment().expect("canary Deployment");
+        let stable = h.deployment();
+        assert_eq!(canary.spec.as_ref().unwrap().replicas, Some(1), "canary.replicas defaults to 1");
+        assert_eq!(env_of(&canary, "KINFER_MODEL_URI").as_deref(), Some("s3://models/fraud/4/model.onnx"));
+        assert_eq!(env_of(&canary, "KINFER_MODEL_VERSION").as_deref(), Some("4"));
+        assert_eq!(env_of(&canary, "KINFER_MODEL_NAME").as_deref(), Some("fraud"), "served under the same name");
+        assert_eq!(env_of(&canary, "KINFER_MAX_BATCH_ROWS").as_deref(), Some("64"), "same settings as stable");
+        assert_eq!(env_of(&canary, "KINFER_CANARY_URL"), None, "the canary never forwards");
+        let (sc, cc) = (
+            &stable.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0],
+            &canary.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0],
+        );
+        assert_eq!(sc.resources, cc.resources);
+        assert_eq!(sc.security_context, cc.security_context);
+        assert_eq!((&sc.readiness_probe, &sc.startup_probe), (&cc.readiness_probe, &cc.startup_probe));
+        let owner = &canary.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.name.as_str(), owner.controller), ("fraud", Some(true)));
+
+        // Neither the stable Deployment nor the user-facing Service selects the canary's pods.
+        let canary_pod_labels =
+            canary.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        assert_eq!(canary_pod_labels[ISVC_LABEL], "fraud");
+        assert_eq!(canary_pod_labels[TRACK_LABEL], "canary");
+        let stable_service: Service = h.get(&paths::service("fraud")).unwrap();
+        let canary_service: Service = h.get(&paths::service(CANARY_NAME)).expect("canary Service");
+        let selects = |selector: &std::collections::BTreeMap<String, String>| {
+            selector.iter().all(|(k, v)| canary_pod_labels.get(k) == Some(v))
+        };
+        assert!(!selects(stable_service.spec.as_ref().unwrap().selector.as_ref().unwrap()));
+        assert!(!selects(stable.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap()));
+        assert!(selects(canary_service.spec.as_ref().unwrap().selector.as_ref().unwrap()));
+        let ports: Vec<i32> = canary_service.spec.as_ref().unwrap().ports.iter().flatten().map(|p| p.port).collect();
+        assert_eq!(ports, [8080, 8081]);
+
+        // Not available yet: no routing, status says so.
+        assert_eq!(h.env("KINFER_CANARY_URL"), None, "no request goes to a canary that has not loaded");
+        assert_eq!(
+            h.event_notes("Created"),
+            ["applied Service, Deployment, PodDisruptionBudget and the canary's Service, Deployment for generation 1"]
+        );
+        let managed = h.ctx.metrics.render();
+        assert!(managed.contains("kinfer_operator_managed_resources{kind=\"Deployment\"} 2"), "{managed}");
+        let (status, reason, message) = h.condition(CANARY);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "CanaryNotReady"), "{message}");
+        let c = h.canary_status();
+        assert_eq!((c.version.as_deref(), c.traffic.as_deref()), (Some("4"), Some("none")));
+
+        // Available: the stable pods get the routing, with the ClusterIP the API server gave.
+        h.set_canary_available(1);
+        h.reconcile().await.unwrap();
+        let ip = canary_service.spec.unwrap().cluster_ip.unwrap();
+        assert_eq!(h.env("KINFER_CANARY_URL"), Some(format!("http://{ip}:8080")));
+        assert_eq!(h.env("KINFER_CANARY_GRPC_URL"), Some(format!("http://{ip}:8081")));
+        assert_eq!(h.env("KINFER_CANARY_MODE").as_deref(), Some("split"));
+        assert_eq!(h.env("KINFER_CANARY_PERCENT").as_deref(), Some("10"));
+        assert_eq!(h.env("KINFER_CANARY_STICKY_HEADER").as_deref(), Some("x-user-id"));
+        assert_eq!(h.env("KINFER_CANARY_VERSION").as_deref(), Some("4"));
+        assert_eq!(h.env("KINFER_CANARY_SAMPLE_RATE"), None);
+        assert_eq!(h.condition(CANARY).1, "CanaryNotReady", "the stable pods still roll out");
+
+        h.roll_out();
+        h.reconcile().await.unwrap();
+        let (status, reason, message) = h.condition(CANARY);
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "CanaryServing"), "{message}");
+        assert!(message.contains("10% split (sticky x-user-id)"), "{message}");
+        let c = h.canary_status();
+        assert_eq!((c.traffic_percent, c.mode.as_deref(), c.ready_replicas), (Some(10), Some("split"), Some(1)));
+        assert_eq!(h.condition(READY).0, "True", "the stable model is Ready");
+        let notes = h.event_notes("CanaryTraffic");
+        assert_eq!(notes, ["canary version 4: traffic none → 10% split (sticky x-user-id)"], "one event per change");
+
+        // The canary's pods restart: the stable pods keep their routing (no rollout back and forth).
+        let stable_generation = h.deployment().metadata.generation;
+        h.set_canary_available(0);
+        h.reconcile().await.unwrap();
+        assert_eq!(h.env("KINFER_CANARY_PERCENT").as_deref(), Some("10"));
+        assert_eq!(h.deployment().metadata.generation, stable_generation);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_new_split_rolls_the_stable_pods_and_is_reported_once_they_run_it() {
+        let h = Harness::new("canary.yaml");
+        h.serving().await;
+        h.update_spec(|i| i.spec.canary.as_mut().unwrap().traffic_percent = Some(50));
+        h.reconcile().await.unwrap();
+        assert_eq!(h.env("KINFER_CANARY_PERCENT").as_deref(), Some("50"));
+        assert_eq!(h.canary_status().traffic_percent, Some(10), "old pods still apply 10% during the rollout");
+        h.roll_out();
+        h.reconcile().await.unwrap();
+        assert_eq!(h.canary_status().traffic_percent, Some(50));
+        assert!(
+            h.event_notes("CanaryTraffic")
+                .iter()
+                .any(|n| n.ends_with("10% split (sticky x-user-id) → 50% split (sticky x-user-id)"))
+        );
+
+        // Shadow: every answer from stable, a sample copied.
+        h.update_spec(|i| {
+            let c = i.spec.canary.as_mut().unwrap();
+            c.mode = crate::crd::CanaryMode::Shadow;
+            c.traffic_percent = None;
+            c.sticky_header = None;
+            c.sample_rate = Some(0.25);
+        });
+        h.reconcile().await.unwrap();
+        assert_eq!(h.env("KINFER_CANARY_MODE").as_deref(), Some("shadow"));
+        assert_eq!(h.env("KINFER_CANARY_SAMPLE_RATE").as_deref(), Some("0.25"));
+        assert_eq!(h.env("KINFER_CANARY_PERCENT"), None);
+        h.roll_out();
+        h.reconcile().await.unwrap();
+        let c = h.canary_status();
+        assert_eq!((c.traffic.as_deref(), c.traffic_percent), (Some("shadow 25%"), Some(0)));
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn promotion_keeps_the_canary_until_the_stable_rollout_has_completed() {
+        let h = Harness::new("canary.yaml");
+        h.serving().await;
+        h.update_spec(|i| {
+            i.spec.model = i.spec.canary.take().unwrap().model.unwrap();
+        });
+        h.reconcile().await.unwrap();
+        assert_eq!(h.env("KINFER_MODEL_URI").as_deref(), Some("s3://models/fraud/4/model.onnx"));
+        assert_eq!(h.env("KINFER_CANARY_URL"), None, "the new stable pods do not route");
+        assert!(h.canary_deployment().is_some(), "old stable pods still forward to the canary");
+        assert!(h.get::<Service>(&paths::service(CANARY_NAME)).is_some());
+        assert_eq!(h.condition(CANARY).1, "CanaryRetiring");
+        assert_eq!(h.calls(Method::DELETE, CANARY_NAME), 0);
+
+        // Rolled out, but an old stable pod is still terminating (draining; it may forward).
+        let selector = h.deployment().spec.unwrap().selector.match_labels.unwrap();
+        h.state.lock().unwrap().put(
+            &paths::pod("fraud-old"),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fraud-old", "namespace": "ml",
+                "labels": selector, "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        );
+        h.roll_out();
+        h.reconcile().await.unwrap();
+        assert!(h.canary_deployment().is_some(), "kept while a stable pod terminates");
+
+        h.state.lock().unwrap().objects.remove(&paths::pod("fraud-old"));
+        h.reconcile().await.unwrap();
+        assert!(h.canary_deployment().is_none(), "deleted once the stable rollout has completed");
+        assert!(h.get::<Service>(&paths::service(CANARY_NAME)).is_none());
+        let mut deleted = h.event_notes("Deleted");
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            ["deleted Deployment fraud-canary (no longer wanted)", "deleted Service fraud-canary (no longer wanted)"]
+        );
+        let st = h.isvc().status.unwrap();
+        assert!(st.canary.is_none(), "{:?}", st.canary);
+        assert!(h.isvc().condition(CANARY).is_none());
+        assert_eq!(st.model_uri.as_deref(), Some("s3://models/fraud/4/model.onnx"));
+
+        // Settled: further resyncs do not look for a canary any more.
+        let gets = h.calls(Method::GET, CANARY_NAME);
+        h.reconcile().await.unwrap();
+        assert_eq!(h.calls(Method::GET, CANARY_NAME), gets);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_canary_that_fails_to_load_is_reported_with_the_runtime_message_and_gets_no_traffic() {
+        let h = Harness::new("canary.yaml");
+        h.reconcile().await.unwrap();
+        h.roll_out();
+        let canary = h.canary_deployment().unwrap();
+        let labels = canary.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        h.state.lock().unwrap().put(
+            &paths::pod("fraud-canary-abc"),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "fraud-canary-abc", "namespace": "ml", "labels": labels},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "name": "runtime", "ready": false, "restartCount": 2, "image": "x", "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+                    "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                        "message": "cannot load model s3://models/fraud/4/model.onnx: not an ONNX model"}}}]}}),
+        );
+        h.set_canary_available(0);
+        h.reconcile().await.unwrap();
+
+        let (status, reason, message) = h.condition(CANARY);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "CanaryLoadFailed"));
+        assert!(message.contains("not an ONNX model"), "{message}");
+        assert!(message.contains("the stable model answers every request"), "{message}");
+        assert!(h.canary_status().message.unwrap().contains("not an ONNX model"));
+        assert_eq!(h.env("KINFER_CANARY_URL"), None);
+        assert_eq!(h.condition(READY).0, "True", "a broken canary does not make the service unready");
+        assert!(h.events().contains(&"CanaryLoadFailed".to_string()));
+
+        // Rollback: spec.canary removed; the stable Deployment is rolled out: deleted at once.
+        h.update_spec(|i| i.spec.canary = None);
+        h.reconcile().await.unwrap();
+        assert!(h.canary_deployment().is_none());
+        assert!(h.isvc().status.unwrap().canary.is_none());
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_object_of_someone_else_named_like_the_canary_is_not_taken_over() {
+        let h = Harness::new("canary.yaml");
+        h.state.lock().unwrap().objects.insert(
+            paths::deployment(CANARY_NAME),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": CANARY_NAME, "namespace": "ml", "uid": "another-isvc-deployment",
+                       "ownerReferences": [{"apiVersion": "serving.kinfer.dev/v1alpha1", "kind": "InferenceService",
+                           "name": "fraud-canary", "uid": "other", "controller": true}]},
+                   "spec": {"selector": {}, "template": {}}}),
+        );
+        let err = h.reconcile().await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+        let (status, reason, message) = h.condition(READY);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+        assert!(message.contains("Deployment fraud-canary"), "{message}");
+        let d: Deployment = h.get(&paths::deployment(CANARY_NAME)).unwrap();
+        assert_eq!(d.metadata.uid.as_deref(), Some("another-isvc-deployment"), "untouched");
+        h.finish().await;
+    }
+
+    #[test]
+    fn canary_spec_round_trips_with_defaults() {
+        let c: CanarySpec =
+            serde_json::from_value(json!({"model": {"uri": "s3://m/a/b.onnx"}, "trafficPercent": 5})).unwrap();
+        assert_eq!(c.mode, crate::crd::CanaryMode::Split);
+        assert_eq!(c.model.unwrap().version, "1");
+    }
+}

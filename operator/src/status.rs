@@ -175,7 +175,7 @@ fn pod_failure(pod: &Pod) -> Option<(&'static str, String)> {
     None
 }
 
-fn truncate(mut s: String) -> String {
+pub(crate) fn truncate(mut s: String) -> String {
     if s.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !s.is_char_boundary(cut) {
@@ -249,6 +249,8 @@ pub fn compute_status(
         ready_replicas: Some(ready),
         updated_replicas: Some(st.updated_replicas.unwrap_or(0)),
         observed_generation: generation,
+        // set by `canary::set_status`
+        canary: old.canary,
     }
 }
 
@@ -273,7 +275,7 @@ pub fn service_url(name: &str, namespace: &str, config: &OperatorConfig) -> Stri
     format!("http://{name}.{namespace}.svc.{}", config.cluster_domain)
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     status: &str,
     reason: &str,

@@ -14,8 +14,13 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     config::OperatorConfig,
-    crd::{AutoscalingSpec, InferenceService, InferenceServiceSpec},
+    crd::{AutoscalingSpec, CanaryMode, InferenceService, InferenceServiceSpec, ModelSpec},
 };
+
+/// Suffix of the canary's Deployment and Service names (`<name>-canary`).
+pub const CANARY_SUFFIX: &str = "-canary";
+/// Longest InferenceService name that still leaves room for [`CANARY_SUFFIX`] in a DNS label.
+const MAX_NAME_WITH_CANARY: usize = 63 - CANARY_SUFFIX.len();
 
 /// An InferenceService that passed validation, with every default resolved.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +46,44 @@ pub struct ValidatedService {
     /// The runtime's `OTEL_*` variables (`spec.tracing` over the operator's defaults); empty
     /// when no collector endpoint is set.
     pub tracing_env: Vec<(String, String)>,
+    /// Whether this is the stable runtime or the canary's.
+    pub track: Track,
+    /// The canary, when `spec.canary` is set (only on the stable service).
+    pub canary: Option<Canary>,
+}
+
+/// Which runtime a [`ValidatedService`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Track {
+    /// The stable model: `spec.model`, children named like the InferenceService.
+    Stable,
+    /// The candidate: `spec.canary.model`, children named `<name>-canary`.
+    Canary,
+}
+
+/// A validated `spec.canary` with its defaults resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Canary {
+    /// The canary runtime: the stable spec with the canary's model and replicas, named
+    /// `<name>-canary`; no autoscaler, no canary of its own.
+    pub service: Box<ValidatedService>,
+    /// `split` or `shadow`.
+    pub mode: CanaryMode,
+    /// Percent answered by the canary (split mode).
+    pub traffic_percent: Option<i32>,
+    /// Header whose value keeps a client on one version.
+    pub sticky_header: Option<String>,
+    /// Fraction copied to the canary (shadow mode; default 1).
+    pub sample_rate: Option<f64>,
+    /// Wait for the canary's answer, in milliseconds.
+    pub timeout_millis: Option<i64>,
+}
+
+impl Canary {
+    /// The canary's model.
+    pub fn model(&self) -> &ModelSpec {
+        &self.service.spec.model
+    }
 }
 
 /// How the number of pods is decided.
@@ -196,7 +239,7 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
     };
 
     let tracing_env = tracing_env(spec.tracing.as_ref(), &config.tracing, &name, &namespace)?;
-    Ok(ValidatedService {
+    let mut stable = ValidatedService {
         tracing_env,
         name: name.clone(),
         namespace,
@@ -207,7 +250,113 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         scaling,
         threads,
         image: runtime.image.unwrap_or_else(|| config.runtime_image.clone()),
-    })
+        track: Track::Stable,
+        canary: None,
+    };
+    stable.canary = validate_canary(&stable)?;
+    Ok(stable)
+}
+
+/// Checks `spec.canary` (what the CRD's CEL rules check, and the rules that need the resolved
+/// model name) and derives the canary runtime from the stable one.
+fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> {
+    let Some(c) = &stable.spec.canary else {
+        return Ok(None);
+    };
+    let model =
+        c.model.clone().ok_or("spec.canary.model is required: the candidate model (same fields as spec.model)")?;
+    validate_model_uri(&model.uri).map_err(|e| format!("spec.canary.{e}"))?;
+    if model.storage.is_some() && !model.uri.starts_with("s3://") {
+        return Err("spec.canary.model.storage applies only to s3:// model uris".into());
+    }
+    if let Some(sha) = &model.sha256
+        && !(sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err("spec.canary.model.sha256 must be 64 lowercase hex digits".into());
+    }
+    if model.uri == stable.spec.model.uri && model.version == stable.spec.model.version {
+        return Err("spec.canary.model must differ from spec.model (another uri or version): a canary \
+                    identical to the stable model compares nothing"
+            .into());
+    }
+    if let Some(n) = &model.name
+        && *n != stable.model_name
+    {
+        return Err(format!(
+            "spec.canary.model.name {n:?} must be unset or equal to the stable model's name {:?}: \
+             the stable pods forward requests to the canary with the same path",
+            stable.model_name
+        ));
+    }
+    if stable.name.len() > MAX_NAME_WITH_CANARY {
+        return Err(format!(
+            "metadata.name {:?} is too long for a canary: its Deployment and Service are named \
+             <name>{CANARY_SUFFIX}, so the name may have at most {MAX_NAME_WITH_CANARY} characters",
+            stable.name
+        ));
+    }
+    match (c.mode, c.traffic_percent) {
+        (_, Some(p)) if !(0..=100).contains(&p) => {
+            return Err(format!("spec.canary.trafficPercent {p} must be between 0 and 100"));
+        }
+        (CanaryMode::Shadow, Some(_)) => {
+            return Err("spec.canary.trafficPercent does not apply to mode: shadow (every answer comes from the \
+                        stable model; use sampleRate for the share copied to the canary)"
+                .into());
+        }
+        (CanaryMode::Split, None) => {
+            return Err("spec.canary.trafficPercent is required with mode: split (0-100)".into());
+        }
+        _ => {}
+    }
+    if let Some(r) = c.sample_rate {
+        if c.mode != CanaryMode::Shadow {
+            return Err("spec.canary.sampleRate applies only to mode: shadow".into());
+        }
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!("spec.canary.sampleRate {r} must be between 0 and 1"));
+        }
+    }
+    if let Some(h) = &c.sticky_header {
+        if h.is_empty() || !h.bytes().all(is_header_name_byte) {
+            return Err(format!("spec.canary.stickyHeader {h:?} must be an HTTP header name"));
+        }
+        if c.mode != CanaryMode::Split {
+            return Err("spec.canary.stickyHeader applies only to mode: split".into());
+        }
+    }
+    let replicas = c.replicas.unwrap_or(1);
+    if !(1..=100).contains(&replicas) {
+        return Err(format!("spec.canary.replicas {replicas} must be between 1 and 100"));
+    }
+    at_least_one("spec.canary.timeoutMillis", c.timeout_millis)?;
+
+    let mut spec = stable.spec.clone();
+    spec.model = model;
+    spec.replicas = Some(replicas);
+    spec.autoscaling = None;
+    spec.canary = None;
+    let service = ValidatedService {
+        name: format!("{}{CANARY_SUFFIX}", stable.name),
+        spec,
+        scaling: Scaling::Fixed(replicas),
+        track: Track::Canary,
+        canary: None,
+        ..stable.clone()
+    };
+    Ok(Some(Canary {
+        service: Box::new(service),
+        mode: c.mode,
+        traffic_percent: c.traffic_percent,
+        sticky_header: c.sticky_header.clone(),
+        sample_rate: c.sample_rate,
+        timeout_millis: c.timeout_millis,
+    }))
+}
+
+/// An RFC 9110 token character (header names).
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `spec.tracing` over the operator's inherited `OTEL_*` defaults, checked as the runtime will
@@ -514,6 +663,57 @@ mod tests {
         validate(&fixture("full.yaml"), &cfg).unwrap();
         let v = validate(&fixture("minimal.yaml"), &cfg).unwrap();
         assert_eq!((v.scaling, v.model_name.as_str(), v.threads), (Scaling::Fixed(1), "iris", None));
+    }
+
+    #[test]
+    fn canary_specs_are_checked_and_the_canary_runtime_derived() {
+        use crate::fixtures::fixture;
+        let cfg = OperatorConfig::default();
+        let v = validate(&fixture("canary.yaml"), &cfg).unwrap();
+        let c = v.canary.as_ref().expect("canary");
+        assert_eq!(v.track, Track::Stable);
+        assert_eq!((c.service.name.as_str(), c.service.track), ("fraud-canary", Track::Canary));
+        assert_eq!((c.service.model_name.as_str(), c.model().version.as_str()), ("fraud", "4"));
+        assert_eq!(c.service.scaling, Scaling::Fixed(1));
+        assert!(c.service.spec.canary.is_none() && c.service.spec.autoscaling.is_none());
+        assert_eq!(c.service.spec.limits, v.spec.limits, "everything but the model as stable");
+
+        type Mutation = Box<dyn Fn(&mut InferenceService)>;
+        let canary = |f: fn(&mut crate::crd::CanarySpec)| -> Mutation {
+            Box::new(move |i: &mut InferenceService| f(i.spec.canary.as_mut().unwrap()))
+        };
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("spec.canary.model is required", canary(|c| c.model = None)),
+            ("spec.canary.trafficPercent 101 must be between 0 and 100", canary(|c| c.traffic_percent = Some(101))),
+            ("spec.canary.trafficPercent is required with mode: split", canary(|c| c.traffic_percent = None)),
+            ("does not apply to mode: shadow", canary(|c| c.mode = crate::crd::CanaryMode::Shadow)),
+            ("spec.canary.sampleRate applies only to mode: shadow", canary(|c| c.sample_rate = Some(0.5))),
+            (
+                "spec.canary.model must differ from spec.model",
+                canary(|c| {
+                    let m = c.model.as_mut().unwrap();
+                    m.uri = "s3://models/fraud/3/model.onnx".into();
+                    m.version = "3".into();
+                }),
+            ),
+            (
+                "spec.canary.model.name \"fraud-v4\" must be unset or equal to the stable model's name \"fraud\"",
+                canary(|c| c.model.as_mut().unwrap().name = Some("fraud-v4".into())),
+            ),
+            ("spec.canary.model.uri", canary(|c| c.model.as_mut().unwrap().uri = "file:///m.onnx".into())),
+            ("spec.canary.stickyHeader", canary(|c| c.sticky_header = Some("x user".into()))),
+            ("spec.canary.replicas 0 must be between 1 and 100", canary(|c| c.replicas = Some(0))),
+            ("too long for a canary", Box::new(|i| i.metadata.name = Some(format!("f{}", "r".repeat(56))))),
+        ];
+        for (needle, mutate) in cases {
+            let mut isvc = fixture("canary.yaml");
+            mutate(&mut isvc);
+            let err = validate(&isvc, &cfg).expect_err(needle);
+            assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+        }
+        let mut isvc = fixture("canary.yaml");
+        isvc.metadata.name = Some(format!("f{}", "r".repeat(55)));
+        validate(&isvc, &cfg).expect("56 characters leave room for -canary");
     }
 
     #[test]

@@ -149,6 +149,10 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message()
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
             ("invalid-sha256.yaml", "spec.model.sha256"),
+            ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
+            ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
+            ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
+            ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
         ] {
             let err = api.create(&PostParams::default(), &fixture(file)).await.expect_err(file);
             let kube::Error::Api(status) = err else { panic!("{file}: unexpected error {err}") };
@@ -223,12 +227,24 @@ async fn valid_resource_gets_four_owned_children_and_they_are_garbage_collected(
 /// Repeated until the InferenceService shows it, because the Deployment controller may
 /// recompute the Deployment's status in between.
 async fn mark_deployment_ready(client: &Client, ns: &str, name: &str) {
+    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns);
+    mark_ready_until(client, ns, name, "Ready=True", || async {
+        let i = isvcs.get(name).await.ok()?;
+        (condition(&i, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+}
+
+/// Marks the pods of Deployment `deployment` ready (and its status) until `done` holds.
+async fn mark_ready_until<Fut>(client: &Client, ns: &str, deployment: &str, what: &str, done: impl Fn() -> Fut)
+where
+    Fut: Future<Output = Option<()>>,
+{
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns);
     let now = Timestamp::now().to_string();
-    wait_for("Ready=True", || async {
-        let selector = format!("app.kubernetes.io/instance={name}");
+    wait_for(what, || async {
+        let selector = format!("app.kubernetes.io/instance={deployment}");
         for pod in pods.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default() {
             let ready = json!({"status": {
                 "phase": "Running",
@@ -242,13 +258,12 @@ async fn mark_deployment_ready(client: &Client, ns: &str, name: &str) {
             }});
             let _ = pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&ready)).await;
         }
-        let d = deployments.get(name).await.ok()?;
+        let d = deployments.get(deployment).await.ok()?;
         let n = d.spec.as_ref()?.replicas.unwrap_or(1);
         let status = json!({"status": {"observedGeneration": d.metadata.generation,
             "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}});
-        let _ = deployments.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await;
-        let i = isvcs.get(name).await.ok()?;
-        (condition(&i, "Ready")?.0 == "True").then_some(())
+        let _ = deployments.patch_status(deployment, &PatchParams::default(), &Patch::Merge(&status)).await;
+        done().await
     })
     .await;
 }
@@ -438,6 +453,100 @@ async fn a_ready_event_names_the_model_served_now() {
         })
         .await;
         assert!(notes.iter().any(|n| n.contains("s3://models/iris/1/model.onnx")), "{notes:?}");
+    })
+    .await;
+}
+
+fn env_value(d: &Deployment, name: &str) -> Option<String> {
+    d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// `spec.canary` against a real API server: the canary's own Deployment and Service (owned,
+/// with an allocated ClusterIP), the stable pods' routing to that ClusterIP once the canary is
+/// ready, the `Canary` condition, and after a promotion the canary kept until the stable
+/// rollout has completed, then deleted.
+#[tokio::test]
+async fn a_canary_is_routed_to_once_ready_and_deleted_after_the_promotion_rolled_out() {
+    let Some(client) = test_client("a_canary_is_routed_to_once_ready").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let created = isvcs.create(&PostParams::default(), &fixture("canary.yaml")).await.expect("created");
+        let (name, uid) = (created.name_any(), created.uid().unwrap());
+        let canary = format!("{name}-canary");
+
+        let (canary_deployment, canary_service) = wait_for("the canary Deployment and Service", || async {
+            Some((deployments.get_opt(&canary).await.ok()??, services.get_opt(&canary).await.ok()??))
+        })
+        .await;
+        for owners in [&canary_deployment.metadata.owner_references, &canary_service.metadata.owner_references] {
+            let o = &owners.as_ref().expect("owner references")[0];
+            assert_eq!((o.uid.as_str(), o.controller), (uid.as_str(), Some(true)));
+        }
+        assert_eq!(env_value(&canary_deployment, "KINFER_MODEL_VERSION").as_deref(), Some("4"));
+        let ip = canary_service.spec.unwrap().cluster_ip.expect("a ClusterIP allocated");
+        let stable = wait_for("the stable Deployment", || async { deployments.get_opt(&name).await.ok()? }).await;
+        assert_eq!(env_value(&stable, "KINFER_CANARY_URL"), None, "no routing before the canary is ready");
+        let i = wait_for("Canary=False CanaryNotReady", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Canary")?.1 == "CanaryNotReady").then_some(i)
+        })
+        .await;
+        assert_eq!(i.status.unwrap().canary.unwrap().version.as_deref(), Some("4"));
+
+        // The canary's pods become ready: the stable pods get the routing to its ClusterIP.
+        mark_ready_until(&client, &ns, &canary, "routing on the stable Deployment", || async {
+            let d = deployments.get(&name).await.ok()?;
+            (env_value(&d, "KINFER_CANARY_URL")? == format!("http://{ip}:8080")).then_some(())
+        })
+        .await;
+        let d = deployments.get(&name).await.unwrap();
+        assert_eq!(env_value(&d, "KINFER_CANARY_GRPC_URL"), Some(format!("http://{ip}:8081")));
+        assert_eq!(env_value(&d, "KINFER_CANARY_PERCENT").as_deref(), Some("10"));
+        assert_eq!(env_value(&d, "KINFER_CANARY_MODE").as_deref(), Some("split"));
+        mark_ready_until(&client, &ns, &name, "Canary=True", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Canary")?.0 == "True").then_some(())
+        })
+        .await;
+        let st = isvcs.get(&name).await.unwrap().status.unwrap();
+        assert_eq!(st.canary.as_ref().unwrap().traffic_percent, Some(10));
+        assert_eq!(st.canary.unwrap().traffic.as_deref(), Some("10% split (sticky x-user-id)"));
+
+        // Promotion: the canary's model becomes spec.model, spec.canary goes.
+        let promote =
+            json!({"spec": {"model": {"uri": "s3://models/fraud/4/model.onnx", "version": "4"}, "canary": null}});
+        isvcs.patch(&name, &PatchParams::default(), &Patch::Merge(&promote)).await.expect("promoted");
+        let i = wait_for("Canary=False CanaryRetiring", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (condition(&i, "Canary")?.1 == "CanaryRetiring").then_some(i)
+        })
+        .await;
+        assert!(i.status.unwrap().canary.is_some());
+        let d = deployments.get(&name).await.unwrap();
+        assert_eq!(env_value(&d, "KINFER_MODEL_VERSION").as_deref(), Some("4"));
+        assert_eq!(env_value(&d, "KINFER_CANARY_URL"), None);
+        assert!(deployments.get_opt(&canary).await.unwrap().is_some(), "kept during the stable rollout");
+        mark_ready_until(&client, &ns, &name, "the canary deleted", || async {
+            let gone =
+                deployments.get_opt(&canary).await.ok()?.is_none() && services.get_opt(&canary).await.ok()?.is_none();
+            gone.then_some(())
+        })
+        .await;
+        let i = wait_for("status.canary cleared", || async {
+            let i = isvcs.get(&name).await.ok()?;
+            (i.status.as_ref()?.canary.is_none() && condition(&i, "Canary").is_none()).then_some(i)
+        })
+        .await;
+        assert_eq!(condition(&i, "Ready").unwrap().0, "True");
     })
     .await;
 }

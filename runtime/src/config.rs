@@ -177,6 +177,45 @@ pub struct Config {
     #[arg(long, env = "KINFER_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
 
+    /// Canary: base URL of the candidate's REST port (e.g. `http://10.96.0.12:8080`); unset = no
+    /// canary. See README.md, "Canary".
+    #[arg(long, env = "KINFER_CANARY_URL")]
+    pub canary_url: Option<String>,
+
+    /// Canary: base URL of the candidate's gRPC port; unset = gRPC requests stay on stable.
+    #[arg(long, env = "KINFER_CANARY_GRPC_URL")]
+    pub canary_grpc_url: Option<String>,
+
+    /// Canary: `split` (default; a share of requests is answered by the candidate) or `shadow`
+    /// (stable answers; copies go to the candidate).
+    #[arg(long, env = "KINFER_CANARY_MODE")]
+    pub canary_mode: Option<String>,
+
+    /// Canary split: share of inference requests answered by the candidate, 0–100 (decimals allowed).
+    #[arg(long, env = "KINFER_CANARY_PERCENT", allow_negative_numbers = true)]
+    pub canary_percent: Option<f64>,
+
+    /// Canary split: request header whose value picks the side by a stable hash.
+    #[arg(long, env = "KINFER_CANARY_STICKY_HEADER")]
+    pub canary_sticky_header: Option<String>,
+
+    /// Canary shadow: fraction 0–1 of requests copied to the candidate (default 1).
+    #[arg(long, env = "KINFER_CANARY_SAMPLE_RATE", allow_negative_numbers = true)]
+    pub canary_sample_rate: Option<f64>,
+
+    /// Canary: the candidate's model version (metrics, logs, `x-kinfer-model-version`).
+    #[arg(long, env = "KINFER_CANARY_VERSION")]
+    pub canary_version: Option<String>,
+
+    /// Canary: longest wait for the candidate before stable serves the request itself, in
+    /// milliseconds (never longer than the request's own deadline).
+    #[arg(long, env = "KINFER_CANARY_TIMEOUT_MS", default_value_t = 2_000)]
+    pub canary_timeout_ms: u64,
+
+    /// Canary shadow: copies waiting to be sent; beyond it they are dropped and counted.
+    #[arg(long, env = "KINFER_CANARY_SHADOW_QUEUE", default_value_t = 1024)]
+    pub canary_shadow_queue: usize,
+
     /// Log format.
     #[arg(long, env = "KINFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -161,6 +161,8 @@ struct Call {
     deadline: Option<Instant>,
     /// The error the handler answered with (for the access and request logs).
     error: Option<ApiError>,
+    /// The canary answered (its own pods count the call).
+    by_canary: bool,
 }
 
 type SharedCall = Arc<Mutex<Call>>;
@@ -241,11 +243,75 @@ impl GrpcInferenceService for Inference {
         req: tonic::Request<pb::ModelInferRequest>,
     ) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
         let call = Self::call(&req);
+        if let Some(canary) = self.st.canary.get() {
+            return self.with_canary(canary, call, req).await;
+        }
         self.infer(call.as_ref(), req.into_inner()).await.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
     }
 }
 
 impl Inference {
+    /// The canary's split (forward, fall back to [`Self::infer`]) and the shadow context.
+    async fn with_canary(
+        &self,
+        canary: &crate::canary::Canary,
+        call: Option<SharedCall>,
+        req: tonic::Request<pb::ModelInferRequest>,
+    ) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
+        let msg = req.get_ref();
+        let (mut id, mut left) = (Arc::<str>::from(""), self.st.request_timeout);
+        if let Some(c) = &call
+            && let Ok(c) = c.lock()
+        {
+            id = if !c.id_from_header && !msg.id.is_empty() && msg.id.len() <= 200 {
+                Arc::from(msg.id.as_str())
+            } else {
+                c.id.clone()
+            };
+            if let Some(d) = c.deadline {
+                left = left.min(d.saturating_duration_since(Instant::now()));
+            }
+        }
+        if let Ok(Some(ms)) = codec::timeout_ms(&msg.parameters) {
+            left = left.min(Duration::from_millis(ms));
+        }
+        let by_canary = |call: &Option<SharedCall>| {
+            if let Some(c) = call
+                && let Ok(mut c) = c.lock()
+            {
+                c.by_canary = true;
+            }
+        };
+        match canary.model_infer(&req, &id, left).await {
+            Ok(Some(resp)) => {
+                by_canary(&call);
+                return Ok(resp);
+            }
+            Ok(None) => {}
+            Err(crate::canary::CanaryStatus::Refused(e)) => return Err(fail(call.as_ref(), e)),
+            Err(crate::canary::CanaryStatus::Answered(status)) => {
+                by_canary(&call);
+                return Err(*status);
+            }
+        }
+        let headers = canary
+            .shadow
+            .as_ref()
+            .map(|_| crate::shadow::ShadowCtx::headers(|k| req.metadata().get(k).map(|v| v.as_bytes())));
+        let fut = self.infer(call.as_ref(), req.into_inner());
+        let result = match headers {
+            None => fut.await,
+            Some(headers) => {
+                let c = call.clone();
+                let id = move || {
+                    c.as_ref().and_then(|c| c.lock().ok().map(|c| c.id.clone())).unwrap_or_else(|| Arc::from(""))
+                };
+                crate::shadow::CTX.scope(crate::shadow::ShadowCtx { id: Box::new(id), headers }, fut).await
+            }
+        };
+        result.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+    }
+
     /// The call's shared context, put there by [`call_context`].
     fn call<T>(req: &tonic::Request<T>) -> Option<SharedCall> {
         req.extensions().get::<SharedCall>().cloned()
@@ -375,9 +441,20 @@ impl InFlight {
         self.done = true;
         let m = &self.st.metrics;
         m.in_flight.dec();
-        let model = if status == 404 { "unknown" } else { self.st.name.as_str() };
-        m.requests.with_label_values(&[model, "grpc", &status.to_string()]).inc();
-        m.request_duration.with_label_values(&[model, "grpc"]).observe(self.start.elapsed().as_secs_f64());
+        let (model, version) =
+            if status == 404 { ("unknown", "unknown") } else { (self.st.name.as_str(), self.st.version.as_str()) };
+        m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
+        m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl InFlight {
+    /// The canary answered: in flight here, counted by the canary's pods.
+    fn forwarded(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.st.metrics.in_flight.dec();
+        }
     }
 }
 
@@ -416,7 +493,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
     let mut in_flight = is_infer.then(|| InFlight::new(st.clone(), deadline));
-    let call: SharedCall = Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None }));
+    let call: SharedCall =
+        Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None, by_canary: false }));
     let logged: crate::server::LoggedIo = Arc::new(Mutex::new(None));
 
     // Auth and the rate limit, then (inference) the whole message within the body deadline, and
@@ -505,17 +583,24 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         resp = Status::unimplemented(message.clone()).into_http::<axum::body::Body>();
         status = Some(Status::unimplemented(message));
     }
-    let (id, error) = match call.lock() {
-        Ok(mut c) => (c.id.clone(), c.error.take()),
-        Err(_) => (id, None),
+    let (id, error, by_canary) = match call.lock() {
+        Ok(mut c) => (c.id.clone(), c.error.take(), c.by_canary),
+        Err(_) => (id, None, false),
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    if is_infer {
+        crate::canary::mark_version(resp.headers_mut(), &st.version);
+    }
     let code = status.as_ref().map_or(Code::Ok, Status::code);
     let http = http_equivalent(code, error.as_ref());
     if let Some(f) = in_flight.as_mut() {
-        f.finish(http);
+        if by_canary {
+            f.forwarded();
+        } else {
+            f.finish(http);
+        }
     }
     let elapsed = start.elapsed();
     let message =

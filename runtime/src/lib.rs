@@ -3,6 +3,7 @@
 //! service (with gRPC health and reflection) on a second one.
 
 pub mod access;
+pub mod canary;
 pub mod classes;
 pub mod config;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod openapi;
 pub mod protocol;
 pub mod requestlog;
 pub mod server;
+pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod tensor;
@@ -81,7 +83,7 @@ pub async fn load_model(
     let images = images.resolve(&mut info).map_err(Fatal)?;
     let _ = state.image.set(images);
     let info = Arc::new(info);
-    let hist = metrics::ModelHistograms::new(&state.metrics, &info.name);
+    let hist = metrics::ModelHistograms::new(&state.metrics, &info.name, &info.version);
     let batch = engine::BatchConfig {
         max_batch_size: cfg.max_batch_size.max(1),
         max_delay: Duration::from_micros(cfg.max_batch_delay_us),

@@ -105,6 +105,10 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         access,
         log.clone(),
     );
+    if let Some(settings) = kinfer_runtime::canary::Settings::from_config(&cfg).map_err(Fatal)? {
+        let canary = kinfer_runtime::canary::Canary::start(settings, &state.metrics, &state.name).map_err(Fatal)?;
+        let _ = state.canary.set(canary);
+    }
     let (listener, addr) = listen(&cfg.host, cfg.port).await?;
     // Both ports share the descriptor budget.
     let ports = if cfg.grpc_port == 0 { 1 } else { 2 };

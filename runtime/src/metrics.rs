@@ -29,18 +29,21 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("kinfer_requests_total", "Inference requests by model, protocol and HTTP status code"),
-            &["model", "protocol", "code"],
+            Opts::new(
+                "kinfer_requests_total",
+                "Inference requests by model, the version that answered, protocol and HTTP status code",
+            ),
+            &["model", "version", "protocol", "code"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new("kinfer_request_duration_seconds", "Inference request latency, body read to response")
                 .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model", "protocol"],
+            &["model", "version", "protocol"],
         )?;
         let inference_duration = HistogramVec::new(
             HistogramOpts::new("kinfer_inference_duration_seconds", "ONNX Runtime session run time per batch")
                 .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model"],
+            &["model", "version"],
         )?;
         let queue_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -48,12 +51,12 @@ impl Metrics {
                 "Time a request waited for an inference thread (includes the batching delay)",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model"],
+            &["model", "version"],
         )?;
         let batch_size = HistogramVec::new(
             HistogramOpts::new("kinfer_batch_size", "Rows per session run (dynamic batching merges requests)")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
-            &["model"],
+            &["model", "version"],
         )?;
         let in_flight = IntGauge::new("kinfer_requests_in_flight", "Inference requests being served")?;
         let model_load_duration =
@@ -132,7 +135,8 @@ impl Metrics {
     }
 }
 
-/// A histogram handle resolved once for the served model (label lookups are off the hot path).
+/// A histogram handle resolved once for the served model and version (label lookups are off the
+/// hot path).
 #[derive(Clone)]
 pub struct ModelHistograms {
     pub inference: Histogram,
@@ -141,11 +145,11 @@ pub struct ModelHistograms {
 }
 
 impl ModelHistograms {
-    pub fn new(m: &Metrics, model: &str) -> ModelHistograms {
+    pub fn new(m: &Metrics, model: &str, version: &str) -> ModelHistograms {
         ModelHistograms {
-            inference: m.inference_duration.with_label_values(&[model]),
-            queue: m.queue_duration.with_label_values(&[model]),
-            batch: m.batch_size.with_label_values(&[model]),
+            inference: m.inference_duration.with_label_values(&[model, version]),
+            queue: m.queue_duration.with_label_values(&[model, version]),
+            batch: m.batch_size.with_label_values(&[model, version]),
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct AppState {
     pub access: crate::access::Access,
     /// The request/response log, when on.
     pub log: Option<Arc<crate::requestlog::RequestLog>>,
+    /// The canary this stable runtime routes to (KINFER_CANARY_URL), set before serving.
+    pub canary: OnceLock<Arc<crate::canary::Canary>>,
 }
 
 /// What the request middleware and `infer` share about the request being served.
@@ -154,6 +156,10 @@ pub fn router(state: Arc<AppState>, cors: Option<tower_http::cors::CorsLayer>) -
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", crate::openapi::document()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        // Canary routing after the access guard (auth, limits and the body are done).
+        .layer(tower::util::option_layer(
+            state.canary.get().map(|_| middleware::from_fn_with_state(state.clone(), crate::canary::rest)),
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), crate::access::guard))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .layer(tower::util::option_layer(cors))
@@ -282,6 +288,8 @@ pub(crate) async fn infer(
     };
     // Sampled requests keep a copy of their inputs for the request log.
     let log_inputs = st.log.as_ref().filter(|l| l.sampled()).map(|_| inputs.clone());
+    let shadow = st.canary.get().and_then(|c| c.shadow.as_ref());
+    let shadow_copy = shadow.and_then(|s| s.take(&inputs, log_inputs.is_some()));
     let result = match tokio::time::timeout(deadline, engine.infer(inputs)).await {
         Ok(Err(e)) if e.code == ErrorCode::RateLimited => {
             st.metrics.requests_rejected.with_label_values(&["queue_capacity"]).inc();
@@ -293,6 +301,9 @@ pub(crate) async fn infer(
             format!("inference did not finish within {} ms", deadline.as_millis()),
         )),
     };
+    if let (Some(s), Some(copy), Ok(outputs)) = (shadow, shadow_copy, &result) {
+        s.submit(copy, outputs, st.log.as_ref(), &st.name);
+    }
     if let (Some(inputs), Ok(outputs)) = (log_inputs, &result) {
         let _ = REQUEST.try_with(|ctx| {
             if let Ok(mut slot) = ctx.logged.lock() {
@@ -450,7 +461,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no endpoint {method} {}", uri.path()))
 }
 
-fn protocol_of(path: &str) -> Option<&'static str> {
+pub(crate) fn protocol_of(path: &str) -> Option<&'static str> {
     if path.starts_with("/v2/models/") && path.ends_with("/infer") {
         Some("v2")
     } else if path.starts_with("/v1/models/{") {
@@ -513,13 +524,24 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    // Which version answered; the canary's answers are counted by the canary's own pods.
+    let by_canary = resp.extensions().get::<crate::canary::AnsweredByCanary>().is_some();
+    if protocol.is_some() {
+        crate::canary::mark_version(resp.headers_mut(), &st.version);
+    }
     let elapsed = start.elapsed();
-    if let Some(protocol) = protocol {
+    if protocol.is_some() {
         st.metrics.in_flight.dec();
-        let model = if resp.status() == StatusCode::NOT_FOUND { "unknown" } else { st.name.as_str() };
+    }
+    if let Some(protocol) = protocol.filter(|_| !by_canary) {
+        let (model, version) = if resp.status() == StatusCode::NOT_FOUND {
+            ("unknown", "unknown")
+        } else {
+            (st.name.as_str(), st.version.as_str())
+        };
         let code = resp.status().as_u16().to_string();
-        st.metrics.requests.with_label_values(&[model, protocol, &code]).inc();
-        st.metrics.request_duration.with_label_values(&[model, protocol]).observe(elapsed.as_secs_f64());
+        st.metrics.requests.with_label_values(&[model, version, protocol, &code]).inc();
+        st.metrics.request_duration.with_label_values(&[model, version, protocol]).observe(elapsed.as_secs_f64());
     }
     trace.finish_http(resp.status().as_u16(), &st.name, &st.version, &id);
     if let Some(protocol) = protocol {
@@ -587,6 +609,7 @@ pub fn new_state(
         image: OnceLock::new(),
         access,
         log,
+        canary: OnceLock::new(),
     })
 }
 

@@ -27,6 +27,22 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use kinfer_telemetry::{inject, inject_span};
 
+/// Puts the current span's `traceparent` / `tracestate` in place of the caller's in `headers`
+/// (name/value pairs kept for a copy sent later from another task, e.g. a shadow request), so
+/// the called service continues this request's trace. Unchanged when tracing is off.
+pub fn inject_pairs(headers: &mut Vec<(axum::http::HeaderName, axum::http::HeaderValue)>) {
+    if !enabled() {
+        return;
+    }
+    let mut own = axum::http::HeaderMap::new();
+    inject(&mut own);
+    if own.is_empty() {
+        return;
+    }
+    headers.retain(|(n, _)| n != "traceparent" && n != "tracestate");
+    headers.extend(own.into_iter().filter_map(|(n, v)| Some((n?, v))));
+}
+
 /// When the engine ran one request: from the queue to a session run, and the run.
 #[derive(Debug, Clone, Copy)]
 pub struct RunTiming {

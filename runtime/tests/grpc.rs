@@ -92,8 +92,14 @@ async fn tritonclient_grpc_works_unchanged_for_every_example_model() {
         assert!(stdout.contains("tritonclient.grpc: all checks passed"), "{stdout}");
         eprintln!("{model}: {stdout}");
         let m = rt.metrics().await;
-        assert!(m.contains(&format!(r#"kinfer_requests_total{{code="200",model="{model}",protocol="grpc"}}"#)), "{m}");
-        assert!(m.contains(&format!(r#"kinfer_requests_total{{code="400",model="{model}",protocol="grpc"}}"#)), "{m}");
+        assert!(
+            m.contains(&format!(r#"kinfer_requests_total{{code="200",model="{model}",protocol="grpc",version="1"}}"#)),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(r#"kinfer_requests_total{{code="400",model="{model}",protocol="grpc",version="1"}}"#)),
+            "{m}"
+        );
         models += 1;
     }
     assert_eq!(models, 4, "iris, mlp, orientation and tabular have expected.json");
@@ -150,8 +156,11 @@ async fn errors_are_grpc_codes_with_the_message_naming_the_field() {
     assert!(e.message().contains("exceeds the limit of 1000 rows per request (KINFER_MAX_BATCH_ROWS)"), "{e:?}");
 
     let m = rt.metrics().await;
-    assert!(m.contains(r#"kinfer_requests_total{code="400",model="mlp",protocol="grpc"} 4"#), "{m}");
-    assert!(m.contains(r#"kinfer_requests_total{code="404",model="unknown",protocol="grpc"} 2"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="400",model="mlp",protocol="grpc",version="1"} 4"#), "{m}");
+    assert!(
+        m.contains(r#"kinfer_requests_total{code="404",model="unknown",protocol="grpc",version="unknown"} 2"#),
+        "{m}"
+    );
     assert!(m.contains("kinfer_requests_in_flight 0"), "{m}");
 }
 
@@ -218,7 +227,7 @@ async fn bearer_tokens_in_metadata_guard_the_model_rpcs() {
     let s = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("check");
     assert_eq!(s.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     let m = rt.metrics().await;
-    assert!(m.contains(r#"kinfer_requests_total{code="401",model="mlp",protocol="grpc"} 2"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="401",model="mlp",protocol="grpc",version="1"} 2"#), "{m}");
 }
 
 /// A raw HTTP/2 gRPC call carrying `grpc-timeout`, from a client that does not enforce the
@@ -310,9 +319,9 @@ async fn limits_and_deadlines_answer_resource_exhausted_and_deadline_exceeded() 
     assert_eq!(status, "3", "INVALID_ARGUMENT: {message}");
 
     let m = rt.metrics().await;
-    assert!(m.contains(r#"kinfer_requests_total{code="504",model="mlp",protocol="grpc"} 3"#), "{m}");
-    assert!(m.contains(r#"kinfer_requests_total{code="429",model="mlp",protocol="grpc"} 1"#), "{m}");
-    assert!(m.contains(r#"kinfer_requests_total{code="413",model="mlp",protocol="grpc"} 1"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="504",model="mlp",protocol="grpc",version="1"} 3"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="429",model="mlp",protocol="grpc",version="1"} 1"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="413",model="mlp",protocol="grpc",version="1"} 1"#), "{m}");
     assert!(m.contains("kinfer_requests_in_flight 0"), "{m}");
 }
 
@@ -337,13 +346,13 @@ async fn concurrent_grpc_calls_are_batched_like_rest() {
     let m = rt.metrics().await;
     let merged = m
         .lines()
-        .find(|l| l.starts_with(r#"kinfer_batch_size_sum{model="mlp"}"#))
+        .find(|l| l.starts_with(r#"kinfer_batch_size_sum{model="mlp",version="1"}"#))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .expect("batch size sum");
     let runs = m
         .lines()
-        .find(|l| l.starts_with(r#"kinfer_batch_size_count{model="mlp"}"#))
+        .find(|l| l.starts_with(r#"kinfer_batch_size_count{model="mlp",version="1"}"#))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .expect("batch size count");

@@ -128,7 +128,11 @@ async fn stalled_uploads_hold_no_inference_slot_and_get_408_within_the_body_dead
     let m = rt.metrics().await;
     assert_eq!(metric(&m, r#"kinfer_connections_shed_total{reason="body_timeout"}"#), 40.0, "{m}");
     assert_eq!(metric(&m, r#"kinfer_requests_rejected_total{limit="max_concurrency"}"#), 0.0, "{m}");
-    assert_eq!(metric(&m, r#"kinfer_requests_total{code="408",model="iris",protocol="predict"}"#), 40.0, "{m}");
+    assert_eq!(
+        metric(&m, r#"kinfer_requests_total{code="408",model="iris",protocol="predict",version="1"}"#),
+        40.0,
+        "{m}"
+    );
     predict_ok(&rt, "after the shedding").await;
 }
 

@@ -271,8 +271,8 @@ async fn overload_is_refused_at_once_and_deadlines_give_504() {
     let (s, v, _) = rt.post_json("/predict?timeout_ms=50", &json!({"instances": [row]})).await;
     assert_eq!((s, v["code"].clone()), (504, json!("INFERENCE_TIMEOUT")));
     let m = rt.metrics().await;
-    assert!(m.contains(r#"kinfer_requests_total{code="504",model="mlp",protocol="v2"} 1"#), "{m}");
-    assert!(m.contains(r#"kinfer_requests_total{code="429",model="mlp",protocol="predict"} 1"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="504",model="mlp",protocol="v2",version="1"} 1"#), "{m}");
+    assert!(m.contains(r#"kinfer_requests_total{code="429",model="mlp",protocol="predict",version="1"} 1"#), "{m}");
 }
 
 #[tokio::test]

@@ -340,13 +340,13 @@ async fn metrics_count_requests_by_model_protocol_and_code() {
     rt.post_json("/v1/models/iris:predict", &json!({"instances": [[1]]})).await;
     let m = rt.metrics().await;
     for line in [
-        r#"kinfer_requests_total{code="200",model="iris",protocol="predict"} 1"#,
-        r#"kinfer_requests_total{code="200",model="iris",protocol="v1"} 1"#,
-        r#"kinfer_requests_total{code="400",model="iris",protocol="v1"} 1"#,
+        r#"kinfer_requests_total{code="200",model="iris",protocol="predict",version="1"} 1"#,
+        r#"kinfer_requests_total{code="200",model="iris",protocol="v1",version="1"} 1"#,
+        r#"kinfer_requests_total{code="400",model="iris",protocol="v1",version="1"} 1"#,
         r#"kinfer_model_ready{model="iris",version="1"} 1"#,
         "kinfer_requests_in_flight 0",
-        r#"kinfer_inference_duration_seconds_count{model="iris"}"#,
-        r#"kinfer_request_duration_seconds_bucket{model="iris",protocol="predict",le="+Inf"} 1"#,
+        r#"kinfer_inference_duration_seconds_count{model="iris",version="1"}"#,
+        r#"kinfer_request_duration_seconds_bucket{model="iris",protocol="predict",version="1",le="+Inf"} 1"#,
         "kinfer_model_load_duration_seconds",
     ] {
         assert!(m.contains(line), "metrics lack {line:?}:\n{m}");

@@ -428,3 +428,67 @@ async fn the_last_spans_are_exported_at_shutdown() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forwarded_to_the_canary_continues_the_trace_under_the_stable_span() {
+    let (collector, base) = start_collector(false).await;
+    let canary =
+        traced(&base, "http/protobuf").arg("--model-version", "2").env("OTEL_SERVICE_NAME", "mlp-canary").ready().await;
+    let stable = traced(&base, "http/protobuf")
+        .env("KINFER_CANARY_URL", &canary.base)
+        .env("KINFER_CANARY_GRPC_URL", canary.grpc_url())
+        .env("KINFER_CANARY_PERCENT", "100")
+        .env("KINFER_CANARY_VERSION", "2")
+        .ready()
+        .await;
+    let r = client()
+        .post(stable.url("/v2/models/mlp/infer"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&v2_body())
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("x-kinfer-model-version").unwrap(), "2", "the canary answered");
+    let servers = |spans: &[Got], service: &str| -> Vec<Got> {
+        spans
+            .iter()
+            .filter(|g| g.span.kind == SpanKind::Server as i32)
+            .filter(|g| g.resource.get("service.name") == Some(&Any::StringValue(service.into())))
+            .cloned()
+            .collect()
+    };
+    // REST: the stable pod's span is the caller's child, the canary's the stable span's child.
+    let start = Instant::now();
+    let (outer, inner) = loop {
+        let spans = collector.all();
+        let (o, i) = (servers(&spans, "mlp"), servers(&spans, "mlp-canary"));
+        if o.len() == 1 && i.len() == 1 {
+            break (o[0].clone(), i[0].clone());
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "server spans: {} stable, {} canary", o.len(), i.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((outer.trace_id(), hex(&outer.span.parent_span_id)), (TRACE_ID.to_string(), CALLER_SPAN.to_string()));
+    assert_eq!(inner.trace_id(), TRACE_ID);
+    assert_eq!(inner.span.parent_span_id, outer.span.span_id, "the canary continues the stable pod's span");
+
+    // gRPC: the same through metadata.
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut c = GrpcInferenceServiceClient::connect(stable.grpc_url()).await.expect("connect");
+    let mut req = tonic::Request::new(grpc_request("mlp"));
+    req.metadata_mut().insert("traceparent", format!("00-{grpc_trace}-{CALLER_SPAN}-01").parse().unwrap());
+    c.model_infer(req).await.expect("infer");
+    let start = Instant::now();
+    let (outer, inner) = loop {
+        let spans: Vec<Got> = collector.all().into_iter().filter(|g| g.trace_id() == grpc_trace).collect();
+        let (o, i) = (servers(&spans, "mlp"), servers(&spans, "mlp-canary"));
+        if o.len() == 1 && i.len() == 1 {
+            break (o[0].clone(), i[0].clone());
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "gRPC server spans: {} stable, {} canary", o.len(), i.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outer.span.name, "inference.GRPCInferenceService/ModelInfer");
+    assert_eq!(inner.span.parent_span_id, outer.span.span_id);
+}

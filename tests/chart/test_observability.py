@@ -180,8 +180,24 @@ def test_dashboard_covers_what_issue_12_asks_for():
         "kinfer_model_load_duration_seconds",
     ):
         assert needle in exprs, needle
-    # The version label exists only on kinfer_model_ready: the readiness panel shows it.
+    # Readiness by version, and the A/B comparison of a canary (issue 13): rate, errors and
+    # latency by version, routing, fallbacks and shadow agreement.
     assert any("by (model, version)" in t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+
+
+def test_dashboard_compares_versions_and_shows_the_canary():
+    dash = json.loads(DASHBOARD_FILE.read_text())
+    exprs = "\n".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    for needle in (
+        "sum by (model, version) (rate(kinfer_requests_total",
+        "histogram_quantile(0.99, sum by (le, model, version) (rate(kinfer_request_duration_seconds_bucket",
+        "kinfer_canary_requests_total",
+        "kinfer_canary_fallbacks_total",
+        'kinfer_shadow_agreement_total{namespace=~"$namespace", model=~"$model", result="same"}',
+        "kinfer_shadow_abs_diff_bucket",
+        "kinfer_shadow_dropped_total",
+    ):
+        assert needle in exprs, needle
 
 
 # ---------------------------------------------------------------- PodMonitor
@@ -207,7 +223,18 @@ def test_pod_monitor_selects_the_runtime_pods_the_operator_creates(render):
     assert 'name: Some("http".into())' in (ROOT / "operator" / "src" / "build" / "deployment.rs").read_text()
     assert '.route("/metrics"' in (ROOT / "runtime" / "src" / "server.rs").read_text()
     ep = pm["spec"]["podMetricsEndpoints"]
-    assert ep == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    # A canary's pods (operator/src/build/canary.rs) carry the same two selector labels, so they
+    # are scraped like the stable ones; their `track` label and the InferenceService become
+    # target labels (the request metrics themselves carry the model `version`).
+    canary_rs = (ROOT / "operator" / "src" / "build" / "canary.rs").read_text()
+    assert 'TRACK_LABEL: &str = "serving.kinfer.dev/track"' in canary_rs
+    assert ep == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s",
+                   "relabelings": [
+                       {"sourceLabels": ["__meta_kubernetes_pod_label_serving_kinfer_dev_inferenceservice"],
+                        "targetLabel": "inferenceservice"},
+                       {"sourceLabels": ["__meta_kubernetes_pod_label_serving_kinfer_dev_track"],
+                        "targetLabel": "track"},
+                   ]}]
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["metadata"]["namespace"] == NAMESPACE
 
@@ -244,6 +271,7 @@ EXPECTED_ALERTS = {
     "latencyP99": "KinferHighLatencyP99",
     "modelNotReady": "KinferModelNotReady",
     "requestLogDrops": "KinferRequestLogDropping",
+    "canaryFallbacks": "KinferCanaryFallingBack",
     "reconcileErrors": "KinferOperatorReconcileErrors",
 }
 

@@ -49,7 +49,13 @@ const PROGRESS_DEADLINE_SECONDS: i32 = 1200;
 
 /// Builds the Deployment running the runtime image.
 pub fn build_deployment(isvc: &ValidatedService) -> Deployment {
-    let mut template = pod_template(isvc);
+    build_deployment_with(isvc, Vec::new())
+}
+
+/// Builds the Deployment with extra operator-set variables (the canary routing of
+/// `super::canary::routing_env`), placed before the user's `runtime.env`.
+pub fn build_deployment_with(isvc: &ValidatedService, operator_env: Vec<EnvVar>) -> Deployment {
+    let mut template = pod_template(isvc, operator_env);
     let hash = pod_template_hash(&template);
     template
         .metadata
@@ -96,7 +102,7 @@ pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
     format!("{h:016x}")
 }
 
-fn pod_template(isvc: &ValidatedService) -> PodTemplateSpec {
+fn pod_template(isvc: &ValidatedService, operator_env: Vec<EnvVar>) -> PodTemplateSpec {
     let runtime = isvc.spec.runtime.clone().unwrap_or_default();
     let annotations = BTreeMap::from([
         ("prometheus.io/scrape".to_string(), "true".to_string()),
@@ -111,7 +117,7 @@ fn pod_template(isvc: &ValidatedService) -> PodTemplateSpec {
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            containers: vec![container(isvc)],
+            containers: vec![container(isvc, operator_env)],
             service_account_name: runtime.service_account_name,
             // The runtime never talks to the Kubernetes API; a chosen ServiceAccount may need
             // its token (IRSA / workload identity), the default one does not.
@@ -136,12 +142,15 @@ fn pod_template(isvc: &ValidatedService) -> PodTemplateSpec {
     }
 }
 
-fn container(isvc: &ValidatedService) -> Container {
+fn container(isvc: &ValidatedService, operator_env: Vec<EnvVar>) -> Container {
     let runtime = isvc.spec.runtime.clone().unwrap_or_default();
+    let mut env = env(isvc, Vec::new());
+    env.extend(operator_env);
+    override_env(&mut env, runtime.env.unwrap_or_default());
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(isvc.image.clone()),
-        env: Some(env(isvc, runtime.env.unwrap_or_default())),
+        env: Some(env),
         ports: Some(vec![
             ContainerPort {
                 name: Some("http".into()),
@@ -281,13 +290,18 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
             }
         }
     }
+    override_env(&mut env, extra);
+    env
+}
+
+/// Adds `extra` to `env`; a variable of the same name is replaced in place.
+fn override_env(env: &mut Vec<EnvVar>, extra: Vec<EnvVar>) {
     for e in extra {
         match env.iter_mut().find(|x| x.name == e.name) {
             Some(slot) => *slot = e,
             None => env.push(e),
         }
     }
-    env
 }
 
 /// The writable emptyDirs, then the read-only Secret (auth tokens) and ConfigMap (labels)
@@ -342,7 +356,7 @@ fn key_to_path(key: &str, path: &str) -> KeyToPath {
     KeyToPath { key: key.into(), path: path.into(), mode: None }
 }
 
-fn value(name: &str, value: &str) -> EnvVar {
+pub(super) fn value(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
 }
 

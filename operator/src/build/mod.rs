@@ -1,6 +1,7 @@
 //! Step 2 of the pipeline: pure builders from a [`ValidatedService`] to child objects.
 //! No client, no I/O: everything here is unit-tested from YAML fixtures.
 
+mod canary;
 mod deployment;
 mod hpa;
 mod pdb;
@@ -10,18 +11,24 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Service,
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{EnvVar, Service},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-pub use deployment::{AUTH_DIR, CACHE_DIR, CONTAINER_NAME, HTTP_PORT, LABELS_DIR, build_deployment, pod_template_hash};
+pub use canary::{CANARY_ENV, CanaryChildren, TRACK_LABEL, build_canary, canary_url, routing_env};
+pub use deployment::{
+    AUTH_DIR, CACHE_DIR, CONTAINER_NAME, GRPC_PORT, HTTP_PORT, LABELS_DIR, build_deployment, build_deployment_with,
+    pod_template_hash,
+};
 pub use hpa::build_hpa;
 pub use pdb::build_pdb;
 pub use service::{SERVICE_PORT, build_service};
 
-use crate::validate::ValidatedService;
+use crate::validate::{Track, ValidatedService};
 
 /// Label with the InferenceService's name, on every child and pod.
 pub const ISVC_LABEL: &str = "serving.kinfer.dev/inferenceservice";
@@ -46,10 +53,11 @@ pub struct Children {
     pub pdb: Option<PodDisruptionBudget>,
 }
 
-/// Builds every child.
-pub fn build(isvc: &ValidatedService) -> Children {
+/// Builds every child of the stable runtime; `routing` is the canary routing environment of
+/// the stable pods (empty without a canary, or while the canary is not ready).
+pub fn build(isvc: &ValidatedService, routing: Vec<EnvVar>) -> Children {
     Children {
-        deployment: build_deployment(isvc),
+        deployment: build_deployment_with(isvc, routing),
         service: build_service(isvc),
         hpa: build_hpa(isvc),
         pdb: build_pdb(isvc),
@@ -65,13 +73,17 @@ pub fn selector_labels(isvc: &ValidatedService) -> BTreeMap<String, String> {
     ])
 }
 
-/// The standard `app.kubernetes.io/*` labels plus [`ISVC_LABEL`].
+/// The standard `app.kubernetes.io/*` labels plus [`ISVC_LABEL`] (the InferenceService's
+/// name, also on the canary's children and pods) and, on the canary's, [`TRACK_LABEL`].
 pub fn labels(isvc: &ValidatedService) -> BTreeMap<String, String> {
     let mut l = selector_labels(isvc);
     l.insert("app.kubernetes.io/component".into(), "predictor".into());
     l.insert("app.kubernetes.io/part-of".into(), "kinfer".into());
     l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
-    l.insert(ISVC_LABEL.into(), isvc.name.clone());
+    l.insert(ISVC_LABEL.into(), isvc.owner.name.clone());
+    if isvc.track == Track::Canary {
+        l.insert(TRACK_LABEL.into(), "canary".into());
+    }
     l
 }
 

@@ -222,7 +222,7 @@ fn pods_are_scraped_by_prometheus() {
 #[test]
 fn every_child_has_owner_reference_and_standard_labels() {
     let v = valid("autoscaling.yaml");
-    let c = build(&v);
+    let c = build(&v, Vec::new());
     let metas = [
         &c.deployment.metadata,
         &c.service.metadata,

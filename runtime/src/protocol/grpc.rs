@@ -120,7 +120,7 @@ pub fn decode(
 
 /// The request's own deadline: `timeout_ms` (as on REST) or Triton's `timeout` (microseconds);
 /// the shorter when both are given.
-fn timeout_ms(params: &std::collections::HashMap<String, InferParameter>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn timeout_ms(params: &std::collections::HashMap<String, InferParameter>) -> Result<Option<u64>, ApiError> {
     let int = |key: &str| -> Result<Option<u64>, ApiError> {
         match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
             None => Ok(None),
