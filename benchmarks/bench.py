@@ -13,13 +13,18 @@ case by case within each repeat, so that ratios are taken side by side:
   sessions  the tabular model, sessions x intra-op threads
   logging   the tabular model, access log on (default, KINFER_LOG=info) / off (KINFER_LOG=warn)
   workers   the baseline with 1 uvicorn worker and with one per CPU (the main table's setting)
+  cache     the MLP with the same body repeated (every request after the first is a hit), prediction
+            cache off / on, 1 and 64 rows x 1 and 32 connections
   grpc      one kinfer server per model, REST (wrk: v2 JSON, v2 binary tensors) beside gRPC
             (the `grpc_load` example: raw_input_contents as tritonclient.grpc sends, typed
             fp32_contents), rows (1, 64) x connections (1, 32), interleaved case by case
+  canary    the tabular model's stable runtime with no canary, with a second kinfer process as its
+            canary in shadow mode (every request copied), and in split mode at 0 % (routing only)
+            and 100 % (every request forwarded): what a canary costs stable's answers
 
 Environment: BENCH_QUICK=1 (tabular only, 1 repeat, 1 s runs), BENCH_REPEAT (3), BENCH_DURATION
 (s, 3), BENCH_WARMUP (s, 1), BENCH_MODELS (iris,tabular,mlp), BENCH_SECTIONS
-(ready,main,batching,sessions,logging,workers,grpc), BENCH_WORKERS (uvicorn workers: the CPU count),
+(ready,main,batching,sessions,logging,workers,cache,grpc,canary), BENCH_WORKERS (uvicorn workers: the CPU count),
 BENCH_WRK_THREADS (1), BENCH_OUT (benchmarks/results). Writes BENCH_OUT/results.json and
 BENCH_OUT/report.md and prints the report.
 """
@@ -61,7 +66,7 @@ REPEAT = env_int("BENCH_REPEAT", 1 if QUICK else 3)
 DURATION = env_int("BENCH_DURATION", 1 if QUICK else 3)
 WARMUP = env_int("BENCH_WARMUP", 1)
 MODELS = [m for m in os.environ.get("BENCH_MODELS", "tabular" if QUICK else "iris,tabular,mlp").split(",") if m]
-SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers,grpc").split(",") if s]
+SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "ready,main,batching,sessions,logging,workers,cache,grpc,canary").split(",") if s]
 NPROC = os.cpu_count() or 1
 WORKERS = env_int("BENCH_WORKERS", NPROC)
 WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
@@ -531,6 +536,15 @@ def section_logging() -> None:
     ], [("v2", 1, 1), ("v2", 1, 32)])
 
 
+def section_cache() -> None:
+    # wrk sends one fixed body: with the cache on, only the first request runs the model. The
+    # ratio is the most a fully repeated workload gains; real hit ratios sit in between.
+    section_variants("cache", "mlp", [
+        ("cache off", [], {}),
+        ("cache on", ["--cache-max-entries", "1024"], {}),
+    ], [("v2", 1, 1), ("v2", 1, 32), ("v2", 64, 1), ("v2", 64, 32)])
+
+
 def grpc_load(server: Server, rows: int, typed: bool, conns: int, seconds: int) -> dict:
     data, cols = example_rows(server.model)
     cmd = [str(GRPC_LOAD), "--addr", f"127.0.0.1:{server.grpc_port}", "--model", server.model,
@@ -584,6 +598,24 @@ def section_grpc() -> None:
                             f"p50={d['p50_us']}µs p99={d['p99_us']}µs err={d['errors']}")
         finally:
             stop_all([server])
+
+
+def section_canary() -> None:
+    """Stable's cost of a canary. The canary is a second kinfer process (version 2) on the same
+    machine, so in shadow mode and at split 100 % it competes with stable for the CPUs; on a cluster
+    it runs on its own pods."""
+    canary = Server("canary", "kinfer", "tabular", args=["--model-version", "2"], env={"KINFER_LOG": "warn"})
+    start_all([canary])
+    url = f"http://127.0.0.1:{canary.port}"
+    try:
+        section_variants("canary", "tabular", [
+            ("no canary", [], {}),
+            ("shadow 100%", [], {"KINFER_CANARY_URL": url, "KINFER_CANARY_MODE": "shadow"}),
+            ("split 0%", [], {"KINFER_CANARY_URL": url, "KINFER_CANARY_PERCENT": "0"}),
+            ("split 100%", [], {"KINFER_CANARY_URL": url, "KINFER_CANARY_PERCENT": "100"}),
+        ], [("v2", 1, 1), ("v2", 64, 1), ("v2", 1, 32)])
+    finally:
+        stop_all([canary])
 
 
 def section_workers() -> None:
@@ -765,7 +797,8 @@ def report() -> str:
                 ratio = ratio_str(grpc / base) if base and grpc else "–"
                 lines.append(f"| {model} | {n} | {conns} | " + " | ".join(cells) + f" | {ratio} |")
         lines.append("")
-    lines.extend(targets(rows))
+    if rows or RESULTS["ready"]:
+        lines.extend(targets(rows))
     return "\n".join(lines)
 
 
@@ -805,8 +838,11 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    needed = [(BUILT_RUNTIME, "the release runtime"), (BUILT_FLOOR, "the floor example"),
-              (BUILT_GRPC_LOAD, "the grpc_load example")]
+    needed = [(BUILT_RUNTIME, "the release runtime")]
+    if "main" in SECTIONS:
+        needed.append((BUILT_FLOOR, "the floor example"))
+    if "grpc" in SECTIONS:
+        needed.append((BUILT_GRPC_LOAD, "the grpc_load example"))
     if {"main", "workers"} & set(SECTIONS):
         needed.append((VENV_PY, "the bench venv"))  # the FastAPI baseline
     for p, what in needed:
@@ -818,9 +854,9 @@ def main() -> int:
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "bin").mkdir(exist_ok=True)
-    shutil.copy2(BUILT_RUNTIME, RUNTIME)
-    shutil.copy2(BUILT_FLOOR, FLOOR)
-    shutil.copy2(BUILT_GRPC_LOAD, GRPC_LOAD)
+    for built, copy in ((BUILT_RUNTIME, RUNTIME), (BUILT_FLOOR, FLOOR), (BUILT_GRPC_LOAD, GRPC_LOAD)):
+        if built.exists():
+            shutil.copy2(built, copy)
     RESULTS["machine"] = machine()
     RESULTS["revision"] = revision()
     RESULTS["settings"] = {"quick": QUICK, "repeat": REPEAT, "duration_s": DURATION, "warmup_s": WARMUP,
@@ -830,7 +866,7 @@ def main() -> int:
     log(f"settings {RESULTS['settings']}")
     sections = {"ready": section_ready, "main": section_main, "batching": section_batching,
                 "sessions": section_sessions, "logging": section_logging, "workers": section_workers,
-                "grpc": section_grpc}
+                "cache": section_cache, "grpc": section_grpc, "canary": section_canary}
     try:
         for name in SECTIONS:
             sections[name]()

@@ -245,6 +245,67 @@ async fn tabular_in(ns: &TestNamespace) -> Result<()> {
     Ok(())
 }
 
+/// Two small models packed into one Deployment (`spec.models`): both Ready in the status, and
+/// both answered, by name, by every pod and through the one Service.
+#[tokio::test]
+async fn two_models_in_one_service() -> Result<()> {
+    if !enabled("two_models_in_one_service") {
+        return Ok(());
+    }
+    let ns = TestNamespace::create("two_models").await?;
+    let result = two_models_in(&ns).await;
+    ns.finish(result).await
+}
+
+async fn two_models_in(ns: &TestNamespace) -> Result<()> {
+    let cfg = &ns.config;
+    ns.apply(
+        "pack",
+        json!({
+            "models": [
+                { "name": "iris", "uri": cfg.model_uri("iris/1/model.onnx"), "version": "1", "storage": cfg.storage() },
+                { "name": "fraud", "uri": cfg.model_uri("tabular/1/model.onnx"), "version": "2", "storage": cfg.storage() },
+            ],
+            "replicas": 2,
+            "resources": { "requests": { "cpu": "50m", "memory": "64Mi" }, "limits": { "cpu": "1", "memory": "512Mi" } },
+            "runtime": { "image": cfg.runtime_image },
+        }),
+    )
+    .await?;
+    let isvc = ns.wait_ready("pack").await?;
+    let status = isvc.status.clone().unwrap_or_default();
+    let models: Vec<(&str, &str, bool)> =
+        status.models.iter().map(|m| (m.name.as_str(), m.version.as_str(), m.ready)).collect();
+    ensure!(models == [("iris", "1", true), ("fraud", "2", true)], "status.models: {:?}", status.models);
+
+    let iris = expected("iris")?;
+    let tabular = expected("tabular")?;
+    let pods = ns.ready_pods("pack").await?;
+    ensure!(pods.len() == 2, "{} ready pods", pods.len());
+    for pod in &pods {
+        for (model, exp) in [("iris", &iris), ("fraud", &tabular)] {
+            let got = ns.infer_pod(&pod.name_any(), model, &infer_request(exp, model)).await?;
+            check_outputs(exp, &got).map_err(|e| anyhow::anyhow!("pod {} {model}: {e}", pod.name_any()))?;
+        }
+    }
+    // Through the Service, interleaved: each request reaches its own model.
+    for round in 0..4 {
+        for (model, exp) in [("iris", &iris), ("fraud", &tabular)] {
+            let got = ns.infer_service("pack", model, &infer_request(exp, &format!("{model}-{round}"))).await?;
+            check_outputs(exp, &got).map_err(|e| anyhow::anyhow!("service {model}: {e}"))?;
+            ensure!(got["model_name"] == model, "answered by {}: {got}", got["model_name"]);
+        }
+    }
+    match ns.infer_service("pack", "nope", &infer_request(&iris, "nope")).await {
+        Ok(got) => bail!("an unknown model answered: {got}"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            ensure!(msg.contains("this server serves 'fraud', 'iris'"), "unknown model: {msg}");
+        }
+    }
+    Ok(())
+}
+
 /// The API server itself refuses invalid manifests, with the CRD's message.
 #[tokio::test]
 async fn invalid_manifests_are_refused_by_the_api_server() -> Result<()> {
@@ -263,6 +324,12 @@ async fn invalid_manifests_are_refused_by_the_api_server() -> Result<()> {
             ),
             (json!({ "model": { "uri": "ftp://models/iris.onnx" } }), "model.uri"),
             (json!({ "model": { "uri": uri }, "autoscaling": { "minReplicas": 5, "maxReplicas": 2 } }), "minReplicas"),
+            (json!({ "model": { "uri": uri }, "models": [{ "name": "iris", "uri": uri }] }), "not both"),
+            (json!({ "models": [] }), "spec.models must list at least one model"),
+            (
+                json!({ "models": [{ "name": "iris", "uri": uri }, { "name": "iris", "uri": uri, "version": "2" }] }),
+                "spec.models names must be unique",
+            ),
         ];
         for (spec, needle) in cases {
             match ns.apply("bad", spec.clone()).await {

@@ -420,7 +420,7 @@ async fn retire_canary(
     if deployment.is_none() && service.is_none() {
         return Ok(None);
     }
-    let stable_pods = if stable_rolled_out {
+    let stable_pods = if stable_rolled_out && deployment.is_some() {
         let selector = selector_labels(isvc).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
         Api::<Pod>::namespaced(ctx.client.clone(), ns)
             .list(&ListParams::default().labels(&selector).match_any())
@@ -430,7 +430,8 @@ async fn retire_canary(
     } else {
         Vec::new()
     };
-    if !may_retire(stable_rolled_out, &stable_pods) {
+    // A Service left without its Deployment has no pod behind it: nothing to wait for.
+    if deployment.is_some() && !may_retire(stable_rolled_out, &stable_pods) {
         if service.is_some() {
             applied.canary_kinds.push("Service");
         }

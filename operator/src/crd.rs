@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration},
-    apimachinery::pkg::apis::meta::v1::Condition,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
 };
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -87,13 +87,51 @@ pub const SHORT_NAME: &str = "kisvc";
         "message": "set either spec.replicas or spec.autoscaling, not both"
     },
     {
-        "rule": "!has(self.canary) || !has(self.canary.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
+        "rule": "!has(self.canary) || !has(self.canary.model) || !has(self.model) || self.canary.model.uri != self.model.uri || self.canary.model.version != self.model.version",
         "message": "spec.canary.model must differ from spec.model (another uri or version): a canary identical to the stable model compares nothing"
+    },
+    {
+        "rule": "!has(self.canary) || has(self.model)",
+        "message": "spec.canary needs spec.model: a canary replaces the one stable model, not a list (spec.models)"
+    },
+    {
+        "rule": "!(has(self.model) && has(self.models))",
+        "message": "set either spec.model (one model) or spec.models (several), not both"
+    },
+    {
+        "rule": "has(self.model) || has(self.models)",
+        "message": "set spec.model (one model) or spec.models (several models in one Deployment)"
     }
 ]))]
 pub struct InferenceServiceSpec {
-    /// The model to serve.
-    pub model: ModelSpec,
+    /// The model to serve. Exactly one of `model` and `models` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+
+    /// Several models served by the same pods (small models packed into one Deployment), each
+    /// with the fields of `model` and a `name` (required, unique). Every protocol addresses them
+    /// by name; all share the pods' resources, image and request settings, and one `storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "size(self) > 0",
+            "message": "spec.models must list at least one model"
+        },
+        {
+            "rule": "self.all(m, has(m.name))",
+            "message": "every entry of spec.models needs a name"
+        },
+        {
+            "rule": "self.all(m, !has(m.name) || self.exists_one(n, has(n.name) && n.name == m.name))",
+            "message": "spec.models names must be unique"
+        },
+        {
+            "rule": "self.all(m, has(m.storage) == has(self[0].storage) && (!has(m.storage) || m.storage == self[0].storage))",
+            "message": "every entry of spec.models must have the same storage (the pods have one set of S3 settings)"
+        }
+    ]))]
+    pub models: Option<Vec<ModelSpec>>,
 
     /// Fixed number of runtime pods. Mutually exclusive with `autoscaling`; when neither is set
     /// one pod runs. 0 stops serving but keeps the Service.
@@ -126,6 +164,12 @@ pub struct InferenceServiceSpec {
     /// Cross-origin requests from browsers (CORS). Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsSpec>,
+
+    /// Prediction cache of each runtime pod: answers repeated requests (the same decoded inputs,
+    /// model version and requested outputs) from memory without running the model. Off when
+    /// unset; needs `maxEntries` or `maxBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 
     /// Request limits of each runtime pod: rows and bytes per request, deadline, concurrency,
     /// queue and per-client rate limit. Unset fields keep the runtime's defaults.
@@ -344,7 +388,7 @@ pub struct ModelSpec {
     /// Name the model is served under (`/v2/models/{name}`). Defaults to the
     /// InferenceService's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
+    #[schemars(length(max = 63), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"))]
     pub name: Option<String>,
 
     /// Version label reported by the runtime (`/v2/models/{name}/versions/{version}`).
@@ -396,7 +440,7 @@ pub struct StorageSpec {
 
     /// Region of the bucket (sets `AWS_REGION`), e.g. `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^[a-z0-9-]{1,32}$"))]
     pub region: Option<String>,
 
     /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
@@ -415,22 +459,22 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct S3SecretRef {
     /// Name of the Secret (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key of the access key id in the Secret.
     #[serde(default = "default_access_key_id_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub access_key_id_key: String,
 
     /// Key of the secret access key in the Secret.
     #[serde(default = "default_secret_access_key_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub secret_access_key_key: String,
 
     /// Key of a session token in the Secret, for temporary credentials. Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub session_token_key: Option<String>,
 }
 
@@ -560,12 +604,12 @@ pub struct AuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key in the Secret whose value is the token list.
     #[serde(default = "default_tokens_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
 
@@ -593,6 +637,38 @@ pub struct CorsSpec {
         }
     ]))]
     pub allowed_origins: Vec<String>,
+}
+
+/// The prediction cache of each runtime pod (least recently used entries go first).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.maxEntries) || has(self.maxBytes)",
+        "message": "cache needs maxEntries or maxBytes (or both)"
+    },
+    {
+        "rule": "!has(self.maxBytes) || (isQuantity(string(self.maxBytes)) && quantity(string(self.maxBytes)).isInteger() && quantity(string(self.maxBytes)).asInteger() > 0)",
+        "message": "cache.maxBytes must be a positive whole number of bytes, as an integer or a quantity such as 256Mi"
+    }
+]))]
+pub struct CacheSpec {
+    /// Most entries kept per pod (`KINFER_CACHE_MAX_ENTRIES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub max_entries: Option<i64>,
+
+    /// Most memory the entries may count per pod: keys (the inputs), outputs and overhead
+    /// (`KINFER_CACHE_MAX_BYTES`). An integer or a Kubernetes quantity (`256Mi`, `1G`). Count it
+    /// in the pod's memory request and limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Quantity>,
+
+    /// Seconds an entry may be served after it was stored (`KINFER_CACHE_TTL_SECONDS`). Unset:
+    /// until evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub ttl_seconds: Option<i64>,
 }
 
 /// Request limits of each runtime pod.
@@ -711,12 +787,12 @@ pub struct LabelsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapKeyRef {
     /// Name of the ConfigMap (same namespace as the InferenceService).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub name: String,
 
     /// Key in the ConfigMap whose value is the class list.
     #[serde(default = "default_labels_key")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
 
@@ -815,9 +891,15 @@ pub struct InferenceServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
-    /// Model uri served by the ready pods of the last complete rollout.
+    /// Model uri served by the ready pods of the last complete rollout (with `spec.models`, the
+    /// uris comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_uri: Option<String>,
+
+    /// Each model of the current spec: whether the ready pods serve it, and the runtime's load
+    /// error when it failed to load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelStatus>,
 
     /// Runtime pods (all versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -897,6 +979,34 @@ fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     obj.insert("x-kubernetes-list-type".into(), "map".into());
     obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
+}
+
+/// The status of one model of `spec.model` / `spec.models`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// The name it is served under.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its uri.
+    pub uri: String,
+    /// True when every wanted pod of the current spec serves it.
+    pub ready: bool,
+    /// Why it does not serve: the runtime's load error, when a pod reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl InferenceServiceSpec {
+    /// The models to serve: `spec.model`, or the entries of `spec.models`.
+    pub fn model_list(&self) -> Vec<&ModelSpec> {
+        match (&self.model, &self.models) {
+            (Some(m), _) => vec![m],
+            (None, Some(list)) => list.iter().collect(),
+            (None, None) => vec![],
+        }
+    }
 }
 
 impl InferenceService {
@@ -1066,7 +1176,7 @@ mod tests {
     fn cel_rules_accept_valid_fixtures_and_refuse_invalid_ones_with_their_message() {
         let validator = kube::core::cel::Validator::new();
         let schema = schema();
-        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "canary.yaml"] {
+        for ok in ["minimal.yaml", "full.yaml", "autoscaling.yaml", "canary.yaml", "two-models.yaml"] {
             if let Err(e) = validator.validate(&schema, &fixture_value(ok), None) {
                 panic!("{ok} refused: {e}");
             }
@@ -1078,10 +1188,18 @@ mod tests {
             ),
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
+            ("invalid-cache-max-bytes.yaml", "cache.maxBytes must be a positive whole number of bytes"),
+            ("invalid-cache-without-maximum.yaml", "cache needs maxEntries or maxBytes"),
             ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
             ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
+            ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
+            ("invalid-empty-models.yaml", "spec.models must list at least one model"),
+            ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
+            ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
+            ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
         ] {
             let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
             assert!(err.contains(message), "{file}: {err}");
@@ -1100,6 +1218,21 @@ mod tests {
         let err = validator.validate(&schema, &v, None).unwrap_err().to_string();
         assert!(err.contains("logging.uri must look like s3://bucket/prefix/"), "{err}");
         assert!(err.contains("storage.endpoint must be an http:// or https:// URL"), "{err}");
+
+        // cache.maxBytes: an integer or a quantity of whole bytes, above 0
+        let mut v = fixture_value("minimal.yaml");
+        for ok in [serde_json::json!(1048576), serde_json::json!("256Mi"), serde_json::json!("1G")] {
+            v["spec"]["cache"] = serde_json::json!({ "maxBytes": ok });
+            if let Err(e) = validator.validate(&schema, &v, None) {
+                panic!("cache.maxBytes {ok} refused: {e}");
+            }
+        }
+        for bad in [serde_json::json!(0), serde_json::json!("0"), serde_json::json!("100m"), serde_json::json!("lots")]
+        {
+            v["spec"]["cache"] = serde_json::json!({ "maxBytes": bad });
+            let err = validator.validate(&schema, &v, None).expect_err("refused").to_string();
+            assert!(err.contains("cache.maxBytes must be a positive whole number"), "{bad}: {err}");
+        }
 
         // CORS origins, limits
         let mut v = fixture_value("full.yaml");
@@ -1246,9 +1379,9 @@ mod tests {
         )
         .unwrap();
         let s = &isvc.spec;
-        assert_eq!(s.model.version, "1");
-        assert_eq!(s.model.format, ModelFormat::Onnx);
-        let r = s.model.storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
+        assert_eq!(s.model.as_ref().unwrap().version, "1");
+        assert_eq!(s.model.as_ref().unwrap().format, ModelFormat::Onnx);
+        let r = s.model.as_ref().unwrap().storage.as_ref().unwrap().secret_ref.as_ref().unwrap();
         assert_eq!(r.access_key_id_key, "AWS_ACCESS_KEY_ID");
         assert_eq!(r.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
         let a = s.autoscaling.as_ref().unwrap();

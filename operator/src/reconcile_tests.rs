@@ -221,7 +221,7 @@ async fn model_uri_update_rolls_the_deployment_while_old_pods_keep_serving() {
     let ready_since = h.isvc().condition(READY).unwrap().last_transition_time.clone();
     let old_hash = h.deployment().spec.unwrap().template.metadata.unwrap().labels.unwrap()[TEMPLATE_HASH_LABEL].clone();
 
-    h.update_spec(|i| i.spec.model.uri = "s3://models/iris/2/model.onnx".into());
+    h.update_spec(|i| i.spec.model.as_mut().unwrap().uri = "s3://models/iris/2/model.onnx".into());
     h.reconcile().await.unwrap();
     let d = h.deployment();
     assert_eq!(d.metadata.generation, Some(2), "pod template changed");
@@ -389,6 +389,58 @@ async fn invalid_spec_creates_no_children_and_the_condition_says_why() {
 }
 
 #[tokio::test]
+async fn several_models_get_a_status_each_and_the_one_that_fails_gets_the_runtime_message() {
+    let h = Harness::new("two-models.yaml");
+    h.reconcile().await.unwrap();
+    assert!(h.env("KINFER_MODELS").is_some_and(|m| m.contains(r#""name":"fraud""#)));
+    assert_eq!(h.env("KINFER_MODEL_URI"), None);
+    let models = h.isvc().status.unwrap().models;
+    assert_eq!(
+        models.iter().map(|m| (m.name.as_str(), m.ready)).collect::<Vec<_>>(),
+        [("iris", false), ("fraud", false)]
+    );
+
+    h.roll_out();
+    h.reconcile().await.unwrap();
+    let st = h.isvc().status.unwrap();
+    assert_eq!(h.condition(READY).1, "Available");
+    assert_eq!(st.model_uri.as_deref(), Some("s3://models/iris/1/model.onnx,s3://models/tabular/1/model.onnx"));
+    assert!(st.models.iter().all(|m| m.ready && m.message.is_none()), "{:?}", st.models);
+    assert_eq!((st.models[1].name.as_str(), st.models[1].version.as_str()), ("fraud", "3"));
+
+    // fraud moves to a broken file; the new pod's runtime exits naming it.
+    h.update_spec(|i| {
+        let fraud = &mut i.spec.models.as_mut().unwrap()[1];
+        fraud.uri = "s3://models/iris/broken/model.onnx".into();
+        fraud.sha256 = None;
+    });
+    h.reconcile().await.unwrap();
+    let labels = h.deployment().spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    let message =
+        "model 'fraud' version '3': s3://models/iris/broken/model.onnx is not a valid ONNX model: bad protobuf";
+    h.state.lock().unwrap().put(
+        &paths::pod("tabular-pack-new"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "tabular-pack-new", "namespace": crate::fixtures::NS, "labels": labels},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "runtime", "ready": false,
+                "restartCount": 2, "image": "x", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}]}}),
+    );
+    let gen_ = h.deployment().metadata.generation;
+    h.set_deployment_status(json!({"observedGeneration": gen_, "replicas": 2,
+        "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}));
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition(READY).1, "ModelFailed");
+    let models = h.isvc().status.unwrap().models;
+    // iris is unchanged and still served by the old pod; fraud's new version is not, and says why.
+    assert!(models[0].ready && models[0].message.is_none(), "{models:?}");
+    assert!(!models[1].ready, "{models:?}");
+    assert!(models[1].message.as_deref().is_some_and(|m| m.contains("is not a valid ONNX model")), "{models:?}");
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn an_unchanged_status_is_not_patched_again() {
     let h = Harness::new("minimal.yaml");
     h.reconcile().await.unwrap();
@@ -405,7 +457,7 @@ async fn each_event_says_what_happened_this_time() {
     h.reconcile().await.unwrap();
     h.roll_out();
     h.reconcile().await.unwrap();
-    h.update_spec(|i| i.spec.model.uri = "s3://models/iris/2/model.onnx".into());
+    h.update_spec(|i| i.spec.model.as_mut().unwrap().uri = "s3://models/iris/2/model.onnx".into());
     h.reconcile().await.unwrap();
     h.roll_out();
     h.reconcile().await.unwrap();
@@ -920,7 +972,7 @@ mod canary {
         let h = Harness::new("canary.yaml");
         h.serving().await;
         h.update_spec(|i| {
-            i.spec.model = i.spec.canary.take().unwrap().model.unwrap();
+            i.spec.model = i.spec.canary.take().unwrap().model;
         });
         h.reconcile().await.unwrap();
         assert_eq!(h.env("KINFER_MODEL_URI").as_deref(), Some("s3://models/fraud/4/model.onnx"));
@@ -996,6 +1048,19 @@ mod canary {
         h.update_spec(|i| i.spec.canary = None);
         h.reconcile().await.unwrap();
         assert!(h.canary_deployment().is_none());
+        assert!(h.isvc().status.unwrap().canary.is_none());
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_canary_service_left_without_its_deployment_goes_at_once() {
+        let h = Harness::new("canary.yaml");
+        h.serving().await;
+        h.state.lock().unwrap().objects.remove(&paths::deployment(CANARY_NAME));
+        h.update_spec(|i| i.spec.canary = None);
+        h.reconcile().await.unwrap();
+        assert!(h.get::<Service>(&paths::service(CANARY_NAME)).is_none(), "nothing behind it to wait for");
+        assert_eq!(h.event_notes("Deleted"), ["deleted Service fraud-canary (no longer wanted)"]);
         assert!(h.isvc().status.unwrap().canary.is_none());
         h.finish().await;
     }

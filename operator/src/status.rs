@@ -16,7 +16,7 @@ use kube::ResourceExt;
 
 use crate::{
     config::OperatorConfig,
-    crd::{InferenceService, InferenceServiceStatus},
+    crd::{InferenceService, InferenceServiceStatus, ModelStatus},
     validate::ValidatedService,
 };
 
@@ -202,7 +202,7 @@ pub fn compute_status(
     let wanted = deployment_replicas(deployment);
     let ready = st.ready_replicas.unwrap_or(0);
     let available = st.available_replicas.unwrap_or(0);
-    let uri = &valid.spec.model.uri;
+    let uri = &valid.models.iter().map(|m| m.uri.as_str()).collect::<Vec<_>>().join(",");
 
     let mut conditions = old.conditions.clone();
     let mut model_uri = old.model_uri.clone();
@@ -241,10 +241,12 @@ pub fn compute_status(
     set_condition(&mut conditions, condition(READY, ready_status, ready_reason, &ready_message, generation, now));
     set_condition(&mut conditions, condition(PROGRESSING, prog_status, prog_reason, &prog_message, generation, now));
 
+    let models = model_statuses(valid, &old.models, rollout);
     InferenceServiceStatus {
         conditions,
         url: Some(service_url(&valid.name, &valid.namespace, config)),
         model_uri,
+        models,
         replicas: Some(st.replicas.unwrap_or(0)),
         ready_replicas: Some(ready),
         updated_replicas: Some(st.updated_replicas.unwrap_or(0)),
@@ -252,6 +254,31 @@ pub fn compute_status(
         // set by `canary::set_status`
         canary: old.canary,
     }
+}
+
+/// Each model of the current spec: ready once the rollout is complete; while one is under way or
+/// failed, ready when the pods still serving had it (same name, version and uri); a failed one
+/// gets the runtime's load error when the message names it (or it is the only model).
+fn model_statuses(valid: &ValidatedService, old: &[ModelStatus], rollout: &Rollout) -> Vec<ModelStatus> {
+    let one = valid.models.len() == 1;
+    valid
+        .models
+        .iter()
+        .map(|m| {
+            let was_ready = old.iter().any(|o| o.name == m.name && o.version == m.version && o.uri == m.uri && o.ready);
+            let (ready, message) = match rollout {
+                Rollout::Complete => (true, None),
+                Rollout::ScaledToZero => (false, None),
+                Rollout::InProgress(_) => (was_ready, None),
+                Rollout::Failed { reason, message } => {
+                    let named = message.contains(&format!("model '{}' version '{}'", m.name, m.version));
+                    let blamed = named || (one && *reason == REASON_MODEL_FAILED);
+                    (was_ready, blamed.then(|| message.clone()))
+                }
+            };
+            ModelStatus { name: m.name.clone(), version: m.version.clone(), uri: m.uri.clone(), ready, message }
+        })
+        .collect()
 }
 
 /// The status of an InferenceService whose spec cannot be served: children untouched,

@@ -35,8 +35,10 @@ pub struct ValidatedService {
     pub owner: OwnerReference,
     /// The spec as written.
     pub spec: InferenceServiceSpec,
-    /// Served model name (spec or the resource name).
+    /// Served model name (spec or the resource name); the first of `models`.
     pub model_name: String,
+    /// Every model to serve, with its name resolved: `spec.model` or the `spec.models` list.
+    pub models: Vec<ServedModel>,
     /// Fixed replicas or autoscaling.
     pub scaling: Scaling,
     /// ONNX Runtime threads, when known.
@@ -64,6 +66,8 @@ pub enum Track {
 /// A validated `spec.canary` with its defaults resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Canary {
+    /// The candidate model (`spec.canary.model`).
+    pub model: ModelSpec,
     /// The canary runtime: the stable spec with the canary's model and replicas, named
     /// `<name>-canary`; no autoscaler, no canary of its own.
     pub service: Box<ValidatedService>,
@@ -82,8 +86,18 @@ pub struct Canary {
 impl Canary {
     /// The canary's model.
     pub fn model(&self) -> &ModelSpec {
-        &self.service.spec.model
+        &self.model
     }
+}
+
+/// One model the pods serve, as the runtime's `KINFER_MODELS` lists it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ServedModel {
+    pub name: String,
+    pub uri: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// How the number of pods is decided.
@@ -127,20 +141,7 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
     let owner = isvc.controller_owner_ref(&()).ok_or_else(|| "metadata.uid is missing".to_string())?;
     let spec = &isvc.spec;
 
-    validate_model_uri(&spec.model.uri)?;
-    if spec.model.storage.is_some() && !spec.model.uri.starts_with("s3://") {
-        return Err("model.storage applies only to s3:// model uris".into());
-    }
-    if let Some(endpoint) = spec.model.storage.as_ref().and_then(|s| s.endpoint.as_ref())
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-    {
-        return Err(format!("model.storage.endpoint {endpoint:?} must be an http:// or https:// URL"));
-    }
-    if let Some(sha) = &spec.model.sha256
-        && !(sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    {
-        return Err("model.sha256 must be 64 lowercase hex digits".into());
-    }
+    let models = validate_models(spec, &name)?;
 
     let scaling = match (spec.replicas, &spec.autoscaling) {
         (Some(_), Some(_)) => {
@@ -212,6 +213,21 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
             return Err("limits.rateLimitBurst needs limits.rateLimitPerSecond".into());
         }
     }
+    if let Some(c) = &spec.cache {
+        if c.max_entries.is_none() && c.max_bytes.is_none() {
+            return Err("cache needs maxEntries or maxBytes (or both)".into());
+        }
+        at_least_one("cache.maxEntries", c.max_entries)?;
+        at_least_one("cache.ttlSeconds", c.ttl_seconds)?;
+        if let Some(q) = &c.max_bytes
+            && parse_bytes(q).is_none_or(|b| b == 0)
+        {
+            return Err(format!(
+                "cache.maxBytes {:?} must be a positive whole number of bytes, as an integer or a quantity such as 256Mi",
+                q.0
+            ));
+        }
+    }
     if let Some(i) = &spec.image {
         if i.preprocess.trim().is_empty() || i.preprocess.contains(['\n', '\r']) {
             return Err("image.preprocess must be one line of key=value pairs (or `auto`)".into());
@@ -246,7 +262,8 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         generation: isvc.meta().generation,
         owner,
         spec: spec.clone(),
-        model_name: spec.model.name.clone().unwrap_or(name),
+        model_name: models.first().map(|m| m.name.clone()).unwrap_or(name),
+        models,
         scaling,
         threads,
         image: runtime.image.unwrap_or_else(|| config.runtime_image.clone()),
@@ -265,16 +282,13 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
     };
     let model =
         c.model.clone().ok_or("spec.canary.model is required: the candidate model (same fields as spec.model)")?;
-    validate_model_uri(&model.uri).map_err(|e| format!("spec.canary.{e}"))?;
-    if model.storage.is_some() && !model.uri.starts_with("s3://") {
-        return Err("spec.canary.model.storage applies only to s3:// model uris".into());
-    }
-    if let Some(sha) = &model.sha256
-        && !(sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    {
-        return Err("spec.canary.model.sha256 must be 64 lowercase hex digits".into());
-    }
-    if model.uri == stable.spec.model.uri && model.version == stable.spec.model.version {
+    let stable_model = stable
+        .spec
+        .model
+        .as_ref()
+        .ok_or("spec.canary needs spec.model: a canary replaces the one stable model, not a list (spec.models)")?;
+    check_model("spec.canary.model", &model)?;
+    if model.uri == stable_model.uri && model.version == stable_model.version {
         return Err("spec.canary.model must differ from spec.model (another uri or version): a canary \
                     identical to the stable model compares nothing"
             .into());
@@ -331,20 +345,28 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
     }
     at_least_one("spec.canary.timeoutMillis", c.timeout_millis)?;
 
+    let models = vec![ServedModel {
+        name: stable.model_name.clone(),
+        uri: model.uri.clone(),
+        version: model.version.clone(),
+        sha256: model.sha256.clone(),
+    }];
     let mut spec = stable.spec.clone();
-    spec.model = model;
+    spec.model = Some(model.clone());
     spec.replicas = Some(replicas);
     spec.autoscaling = None;
     spec.canary = None;
     let service = ValidatedService {
         name: format!("{}{CANARY_SUFFIX}", stable.name),
         spec,
+        models,
         scaling: Scaling::Fixed(replicas),
         track: Track::Canary,
         canary: None,
         ..stable.clone()
     };
     Ok(Some(Canary {
+        model,
         service: Box::new(service),
         mode: c.mode,
         traffic_percent: c.traffic_percent,
@@ -454,17 +476,70 @@ fn validate_cors_origins(origins: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_model_uri(uri: &str) -> Result<(), String> {
+/// `spec.model` or `spec.models` (exactly one; the list non-empty, names given and unique, one
+/// storage), each model checked with its field path in the message.
+fn validate_models(spec: &InferenceServiceSpec, isvc_name: &str) -> Result<Vec<ServedModel>, String> {
+    let entries: Vec<(String, &ModelSpec)> = match (&spec.model, &spec.models) {
+        (Some(_), Some(_)) => return Err("set either spec.model (one model) or spec.models (several), not both".into()),
+        (None, None) => {
+            return Err("set spec.model (one model) or spec.models (several models in one Deployment)".into());
+        }
+        (Some(m), None) => vec![("model".to_string(), m)],
+        (None, Some(list)) if list.is_empty() => return Err("spec.models must list at least one model".into()),
+        (None, Some(list)) => list.iter().enumerate().map(|(i, m)| (format!("models[{i}]"), m)).collect(),
+    };
+    let mut names = BTreeSet::new();
+    let mut served = Vec::with_capacity(entries.len());
+    for (field, m) in &entries {
+        check_model(field, m)?;
+        let name = match (&m.name, spec.models.is_some()) {
+            (Some(n), _) => n.clone(),
+            (None, false) => isvc_name.to_string(),
+            (None, true) => return Err(format!("{field}.name is required: every entry of spec.models needs a name")),
+        };
+        if !names.insert(name.clone()) {
+            return Err(format!("{field}.name {name:?} is used twice: spec.models names must be unique"));
+        }
+        if m.storage != entries[0].1.storage {
+            return Err(format!(
+                "{field}.storage differs from models[0].storage: every entry of spec.models must have the \
+                 same storage (the pods have one set of S3 settings)"
+            ));
+        }
+        served.push(ServedModel { name, uri: m.uri.clone(), version: m.version.clone(), sha256: m.sha256.clone() });
+    }
+    Ok(served)
+}
+
+fn check_model(field: &str, m: &ModelSpec) -> Result<(), String> {
+    validate_model_uri(field, &m.uri)?;
+    if m.storage.is_some() && !m.uri.starts_with("s3://") {
+        return Err(format!("{field}.storage applies only to s3:// model uris"));
+    }
+    if let Some(endpoint) = m.storage.as_ref().and_then(|s| s.endpoint.as_ref())
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(format!("{field}.storage.endpoint {endpoint:?} must be an http:// or https:// URL"));
+    }
+    if let Some(sha) = &m.sha256
+        && !(sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(format!("{field}.sha256 must be 64 lowercase hex digits"));
+    }
+    Ok(())
+}
+
+fn validate_model_uri(field: &str, uri: &str) -> Result<(), String> {
     if let Some(rest) = uri.strip_prefix("s3://") {
         match rest.split_once('/') {
             Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(()),
-            _ => Err(format!("model.uri {uri:?} must look like s3://bucket/key/of/model.onnx")),
+            _ => Err(format!("{field}.uri {uri:?} must look like s3://bucket/key/of/model.onnx")),
         }
     } else if uri.starts_with("http://") || uri.starts_with("https://") {
         Ok(())
     } else {
         Err(format!(
-            "model.uri {uri:?} must start with s3://, http:// or https:// (file paths only work \
+            "{field}.uri {uri:?} must start with s3://, http:// or https:// (file paths only work \
              outside a cluster)"
         ))
     }
@@ -487,6 +562,49 @@ fn cpu_threads(resources: Option<&ResourceRequirements>) -> Result<Option<i32>, 
             .map(|m| Some(i32::try_from(m.div_ceil(1000).max(1)).unwrap_or(i32::MAX)))
             .ok_or_else(|| format!("resources cpu quantity {:?} is not a valid CPU amount", q.0)),
     }
+}
+
+/// Parses a quantity of bytes (`1000000`, `256Mi`, `1G`, `1.5Gi`, `1e6`) into a whole number;
+/// `None` when it is not one (a fraction of a byte, `100m`, negative, too large).
+pub fn parse_bytes(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() + frac.len() > 30 {
+        return None;
+    }
+    // number = digits / 10^frac.len(); the suffix multiplies it (or divides, for `e-N`).
+    let digits: u128 = format!("{int}{frac}").parse().ok()?;
+    let (mul, exp10): (u128, i32) = match suffix {
+        "" => (1, 0),
+        "Ki" => (1 << 10, 0),
+        "Mi" => (1 << 20, 0),
+        "Gi" => (1 << 30, 0),
+        "Ti" => (1 << 40, 0),
+        "Pi" => (1 << 50, 0),
+        "Ei" => (1 << 60, 0),
+        "k" => (1, 3),
+        "M" => (1, 6),
+        "G" => (1, 9),
+        "T" => (1, 12),
+        "P" => (1, 15),
+        "E" => (1, 18),
+        e if e.starts_with(['e', 'E']) => (1, e[1..].parse::<i32>().ok().filter(|x| (-30..=30).contains(x))?),
+        _ => return None,
+    };
+    let exp = exp10 - frac.len() as i32;
+    let scaled = digits.checked_mul(mul)?;
+    let value = if exp >= 0 {
+        scaled.checked_mul(10u128.checked_pow(exp as u32)?)?
+    } else {
+        let div = 10u128.checked_pow((-exp) as u32)?;
+        if !scaled.is_multiple_of(div) {
+            return None;
+        }
+        scaled / div
+    };
+    u64::try_from(value).ok()
 }
 
 /// Parses a CPU quantity (`500m`, `2`, `1.5`) into millicores.
@@ -539,6 +657,29 @@ mod tests {
     }
 
     #[test]
+    fn byte_quantities_parse_to_whole_bytes() {
+        for (s, want) in [
+            ("1000000", Some(1_000_000)),
+            ("256Mi", Some(256 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("1.5Gi", Some(3 << 29)),
+            ("1G", Some(1_000_000_000)),
+            ("64k", Some(64_000)),
+            ("1e6", Some(1_000_000)),
+            ("0", Some(0)),
+            ("100m", None),
+            ("0.5", None),
+            ("-1Mi", None),
+            ("1.2.3", None),
+            ("Mi", None),
+            ("", None),
+            ("99999999999Ei", None),
+        ] {
+            assert_eq!(parse_bytes(&q(s)), want, "{s}");
+        }
+    }
+
+    #[test]
     fn invalid_specs_are_refused_with_a_message_naming_the_field() {
         use crate::fixtures::fixture;
         let cfg = OperatorConfig::default();
@@ -551,17 +692,57 @@ mod tests {
                     i.spec.autoscaling = Some(serde_json::from_value(serde_json::json!({"maxReplicas": 3})).unwrap());
                 }),
             ),
-            ("model.uri", Box::new(|i| i.spec.model.uri = "file:///m.onnx".into())),
-            ("model.uri", Box::new(|i| i.spec.model.uri = "s3://bucket-only".into())),
+            ("model.uri", Box::new(|i| i.spec.model.as_mut().unwrap().uri = "file:///m.onnx".into())),
+            ("model.uri", Box::new(|i| i.spec.model.as_mut().unwrap().uri = "s3://bucket-only".into())),
             (
                 "model.storage applies only to s3://",
                 Box::new(|i| {
-                    i.spec.model.uri = "https://x/m.onnx".into();
-                    i.spec.model.storage =
+                    i.spec.model.as_mut().unwrap().uri = "https://x/m.onnx".into();
+                    i.spec.model.as_mut().unwrap().storage =
                         Some(serde_json::from_value(serde_json::json!({"region": "eu-west-1"})).unwrap());
                 }),
             ),
-            ("model.sha256", Box::new(|i| i.spec.model.sha256 = Some("ABC".into()))),
+            ("model.sha256", Box::new(|i| i.spec.model.as_mut().unwrap().sha256 = Some("ABC".into()))),
+            ("set spec.model (one model) or spec.models (several models", Box::new(|i| i.spec.model = None)),
+            ("not both", Box::new(|i| i.spec.models = Some(vec![i.spec.model.clone().unwrap()]))),
+            (
+                "at least one model",
+                Box::new(|i| {
+                    i.spec.model = None;
+                    i.spec.models = Some(vec![]);
+                }),
+            ),
+            ("models[0].name is required", Box::new(|i| i.spec.models = i.spec.model.take().map(|m| vec![m]))),
+            (
+                "models[1].name \"iris\" is used twice",
+                Box::new(|i| {
+                    let mut m = i.spec.model.take().unwrap();
+                    m.name = Some("iris".into());
+                    i.spec.models = Some(vec![m.clone(), m]);
+                }),
+            ),
+            (
+                "models[1].storage differs",
+                Box::new(|i| {
+                    let mut a = i.spec.model.take().unwrap();
+                    a.name = Some("a".into());
+                    let mut b = a.clone();
+                    b.name = Some("b".into());
+                    b.storage = Some(serde_json::from_value(serde_json::json!({"region": "eu-west-1"})).unwrap());
+                    i.spec.models = Some(vec![a, b]);
+                }),
+            ),
+            (
+                "models[1].uri",
+                Box::new(|i| {
+                    let mut a = i.spec.model.take().unwrap();
+                    a.name = Some("a".into());
+                    let mut b = a.clone();
+                    b.name = Some("b".into());
+                    b.uri = "file:///m.onnx".into();
+                    i.spec.models = Some(vec![a, b]);
+                }),
+            ),
             ("spec.replicas", Box::new(|i| i.spec.replicas = Some(-1))),
             (
                 "minReplicas",
@@ -612,6 +793,32 @@ mod tests {
                 Box::new(|i| {
                     i.spec.limits =
                         Some(crate::crd::LimitsSpec { rate_limit_per_second: Some(-1.0), ..Default::default() });
+                }),
+            ),
+            (
+                "cache needs maxEntries or maxBytes",
+                Box::new(|i| {
+                    i.spec.cache = Some(crate::crd::CacheSpec { ttl_seconds: Some(60), ..Default::default() });
+                }),
+            ),
+            (
+                "cache.maxEntries 0 must be at least 1",
+                Box::new(|i| i.spec.cache = Some(crate::crd::CacheSpec { max_entries: Some(0), ..Default::default() })),
+            ),
+            (
+                "cache.ttlSeconds -1 must be at least 1",
+                Box::new(|i| {
+                    i.spec.cache = Some(crate::crd::CacheSpec {
+                        max_entries: Some(10),
+                        ttl_seconds: Some(-1),
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "cache.maxBytes \"0.5\" must be a positive whole number of bytes",
+                Box::new(|i| {
+                    i.spec.cache = Some(crate::crd::CacheSpec { max_bytes: Some(q("0.5")), ..Default::default() });
                 }),
             ),
             (

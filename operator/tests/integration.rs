@@ -149,15 +149,41 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message()
             ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
             ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
             ("invalid-sha256.yaml", "spec.model.sha256"),
+            ("invalid-cache-max-bytes.yaml", "cache.maxBytes must be a positive whole number of bytes"),
+            ("invalid-cache-without-maximum.yaml", "cache needs maxEntries or maxBytes"),
             ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
             ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
+            ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
+            ("invalid-empty-models.yaml", "spec.models must list at least one model"),
+            ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
+            ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
+            ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
         ] {
             let err = api.create(&PostParams::default(), &fixture(file)).await.expect_err(file);
             let kube::Error::Api(status) = err else { panic!("{file}: unexpected error {err}") };
             assert_eq!(status.code, 422, "{file}: {status:?}");
             assert!(status.message.contains(expected), "{file}: {:?} does not contain {expected:?}", status.message);
+        }
+        // spec.cache: maxEntries 0 is below the schema's minimum; maxBytes takes an integer or a
+        // quantity (dry run: nothing is stored).
+        let dry = PostParams { dry_run: true, ..Default::default() };
+        let mut zero = fixture("minimal.yaml");
+        zero.spec.cache = Some(kinfer_operator::crd::CacheSpec { max_entries: Some(0), ..Default::default() });
+        let err = api.create(&dry, &zero).await.expect_err("maxEntries 0");
+        let kube::Error::Api(status) = err else { panic!("unexpected error {err}") };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(status.message.contains("spec.cache.maxEntries"), "{}", status.message);
+        for bytes in ["256Mi", "1000000"] {
+            let mut ok = fixture("minimal.yaml");
+            ok.spec.cache = Some(kinfer_operator::crd::CacheSpec {
+                max_bytes: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(bytes.into())),
+                ttl_seconds: Some(60),
+                ..Default::default()
+            });
+            api.create(&dry, &ok).await.unwrap_or_else(|e| panic!("cache.maxBytes {bytes} refused: {e}"));
         }
     })
     .await;
@@ -311,6 +337,34 @@ async fn ready_deployment_makes_the_resource_ready_and_a_spec_change_rolls_it() 
             Some("s3://models/iris/1/model.onnx"),
             "the old model is still the one served"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn several_models_are_one_deployment_with_kinfer_models_and_a_status_each() {
+    let Some(client) = test_client("several_models_are_one_deployment").await else {
+        return;
+    };
+    with_operator(client, |client, ns| async move {
+        let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let created = isvcs.create(&PostParams::default(), &fixture("two-models.yaml")).await.expect("created");
+        let name = created.name_any();
+        let d = wait_for("the Deployment", || async { deployments.get_opt(&name).await.ok()? }).await;
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap_or_default();
+        let models =
+            env.iter().find(|e| e.name == "KINFER_MODELS").and_then(|e| e.value.clone()).expect("KINFER_MODELS");
+        let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+        assert_eq!(models[0]["name"], "iris");
+        assert_eq!((models[1]["name"].as_str(), models[1]["version"].as_str()), (Some("fraud"), Some("3")));
+        assert!(!env.iter().any(|e| e.name == "KINFER_MODEL_URI"));
+
+        mark_deployment_ready(&client, &ns, &name).await;
+        let st = isvcs.get(&name).await.unwrap().status.unwrap();
+        let got: Vec<(&str, &str, bool)> =
+            st.models.iter().map(|m| (m.name.as_str(), m.version.as_str(), m.ready)).collect();
+        assert_eq!(got, [("iris", "1", true), ("fraud", "3", true)]);
     })
     .await;
 }

@@ -136,7 +136,10 @@ impl RateLimiter {
 
 /// Paths that need a token: model metadata, readiness and inference.
 fn protected(path: &str) -> bool {
-    path.starts_with("/v2/models") || path.starts_with("/v1/models") || path == "/predict"
+    path.starts_with("/v2/models")
+        || path.starts_with("/v2/repository")
+        || path.starts_with("/v1/models")
+        || path == "/predict"
 }
 
 /// Why a request was refused, the limit that refused it (the `limit` label of
@@ -345,6 +348,7 @@ pub fn cors_layer(origins: Option<&str>) -> Result<Option<CorsLayer>, String> {
             .expose_headers([
                 header::HeaderName::from_static("x-request-id"),
                 header::HeaderName::from_static("inference-header-content-length"),
+                header::HeaderName::from_static(crate::cache::HEADER),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     ))

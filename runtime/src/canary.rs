@@ -347,8 +347,13 @@ impl Canary {
         }))
     }
 
-    /// The side for a request whose headers (or gRPC metadata) `get` reads.
-    pub fn route<'a>(&self, get: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Route, ApiError> {
+    /// The side for a request whose headers (or gRPC metadata) `get` reads. A request that names
+    /// a model version (v2 `/versions/{v}/`, gRPC `model_version`) goes to the side serving it:
+    /// the candidate's version to the candidate, any other to stable (which serves or 404s it).
+    pub fn route<'a>(&self, version: Option<&str>, get: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Route, ApiError> {
+        if let Some(v) = version.filter(|v| !v.is_empty()) {
+            return Ok(if v == self.settings.version { Route::Canary } else { Route::Stable });
+        }
         if let Some(v) = get(ROUTE_HEADER) {
             return if v.eq_ignore_ascii_case(b"stable") {
                 Ok(Route::Stable)
@@ -455,7 +460,8 @@ impl Canary {
     ) -> Result<Option<tonic::Response<pb::ModelInferResponse>>, CanaryStatus> {
         let Some(client) = &self.grpc else { return Ok(None) };
         let md = req.metadata();
-        let route = self.route(|k| md.get(k).map(|v| v.as_bytes())).map_err(CanaryStatus::Refused)?;
+        let version = Some(req.get_ref().model_version.as_str());
+        let route = self.route(version, |k| md.get(k).map(|v| v.as_bytes())).map_err(CanaryStatus::Refused)?;
         self.metrics.requests.with_label_values(&[route.as_str()]).inc();
         if route == Route::Stable {
             return Ok(None);
@@ -581,7 +587,8 @@ pub async fn rest(State(st): State<Arc<AppState>>, req: Request, next: Next) -> 
     let Some(canary) = st.canary.get() else { return next.run(req).await };
     let protocol = req.extensions().get::<MatchedPath>().and_then(|m| crate::server::protocol_of(m.as_str()));
     let (Some(protocol), &Method::POST) = (protocol, req.method()) else { return next.run(req).await };
-    let route = match canary.route(|k| req.headers().get(k).map(HeaderValue::as_bytes)) {
+    let version = path_version(req.uri().path());
+    let route = match canary.route(version, |k| req.headers().get(k).map(HeaderValue::as_bytes)) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -615,16 +622,21 @@ pub async fn rest(State(st): State<Arc<AppState>>, req: Request, next: Next) -> 
     }
 }
 
+/// The version a v2 path names: `/v2/models/{m}/versions/{v}/infer`.
+fn path_version(path: &str) -> Option<&str> {
+    let mut seg = path.strip_prefix("/v2/models/")?.split('/');
+    let (_model, versions, v) = (seg.next()?, seg.next()?, seg.next()?);
+    (versions == "versions").then_some(v)
+}
+
 /// Sets `x-kinfer-model-version` to stable's version when the response has none (answers stable
-/// served itself); returns the version that answered.
-pub fn mark_version(headers: &mut HeaderMap, stable: &str) -> String {
-    if let Some(v) = headers.get(VERSION_HEADER) {
-        return String::from_utf8_lossy(v.as_bytes()).into_owned();
-    }
-    if let Ok(v) = HeaderValue::from_str(stable) {
+/// served itself; the canary's carry its own).
+pub fn mark_version(headers: &mut HeaderMap, stable: &str) {
+    if !headers.contains_key(VERSION_HEADER)
+        && let Ok(v) = HeaderValue::from_str(stable)
+    {
         headers.insert(header::HeaderName::from_static(VERSION_HEADER), v);
     }
-    stable.to_string()
 }
 
 #[cfg(test)]
@@ -690,6 +702,13 @@ mod tests {
         assert!(e.contains("KINFER_CANARY_PERCENT") && e.contains("shadow"), "{e}");
         let s = settings(&[url, ("canary-mode", "shadow"), ("canary-sample-rate", "0.25")]).unwrap().unwrap();
         assert_eq!(s.mode, Mode::Shadow { sample_rate: 0.25, queue: 1024 });
+    }
+
+    #[test]
+    fn versions_in_the_path() {
+        assert_eq!(path_version("/v2/models/iris/versions/2/infer"), Some("2"));
+        assert_eq!(path_version("/v2/models/iris/infer"), None);
+        assert_eq!(path_version("/v1/models/iris:predict"), None);
     }
 
     #[test]

@@ -8,9 +8,24 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kinfer-runtime", version, about)]
 pub struct Config {
-    /// Model location: s3://bucket/key, file:///path, a plain path, or http(s)://...
+    /// Model location: s3://bucket/key, file:///path, a plain path, or http(s)://... (the
+    /// one-model case; `KINFER_MODELS` / `--models-file` list several instead).
     #[arg(long, env = "KINFER_MODEL_URI")]
-    pub model_uri: String,
+    pub model_uri: Option<String>,
+
+    /// Several models: a JSON array of `{"name", "uri", "version", "sha256"}` (only `uri` is
+    /// required). Replaces the `KINFER_MODEL_*` settings of the one-model case.
+    #[arg(long, env = "KINFER_MODELS")]
+    pub models: Option<String>,
+
+    /// Several models: a JSON or YAML file with the same list as `KINFER_MODELS`.
+    #[arg(long, env = "KINFER_MODELS_FILE")]
+    pub models_file: Option<PathBuf>,
+
+    /// Model control (Triton's model repository extension): `none` serves the listed models as
+    /// they are; `explicit` turns on `POST /v2/repository/models/{m}/load` and `…/unload`.
+    #[arg(long, env = "KINFER_MODEL_CONTROL", value_enum, default_value_t = ModelControl::None)]
+    pub model_control: ModelControl,
 
     /// Name the model is served under (default: the file stem of the URI).
     #[arg(long, env = "KINFER_MODEL_NAME")]
@@ -83,6 +98,20 @@ pub struct Config {
     /// Directory where downloaded models are cached.
     #[arg(long, env = "KINFER_CACHE_DIR", default_value = "/tmp/kinfer-cache")]
     pub cache_dir: PathBuf,
+
+    /// Prediction cache: most entries kept (least recently used evicted first). The cache is on
+    /// when this or --cache-max-bytes is set. Not related to --cache-dir (downloaded models).
+    #[arg(long, env = "KINFER_CACHE_MAX_ENTRIES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_entries: Option<u64>,
+
+    /// Prediction cache: most bytes its entries may count (keys, output tensors, overhead).
+    #[arg(long, env = "KINFER_CACHE_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_bytes: Option<u64>,
+
+    /// Prediction cache: seconds an entry may be served after it was stored (default: until
+    /// evicted).
+    #[arg(long, env = "KINFER_CACHE_TTL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_ttl_seconds: Option<u64>,
 
     /// Largest request body accepted, in bytes (larger → 413 PAYLOAD_TOO_LARGE).
     #[arg(long, env = "KINFER_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -221,6 +250,15 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Whether models can be loaded and unloaded at run time (`KINFER_MODEL_CONTROL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelControl {
+    /// The listed models, as started (the default: a pod serves what its manifest says).
+    None,
+    /// `POST /v2/repository/models/{m}/load` and `…/unload` are on.
+    Explicit,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
@@ -228,15 +266,45 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// The served model name: the flag, or the file stem of the URI ("model" when it has none).
+    /// The served model name of the one-model case: the flag, or the file stem of the URI
+    /// ("model" when it has none).
     pub fn served_name(&self) -> String {
         if let Some(n) = self.model_name.as_deref().filter(|n| !n.is_empty()) {
             return n.to_string();
         }
-        let path = self.model_uri.split(['?', '#']).next().unwrap_or_default();
-        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
-        let stem = last.split('.').next().unwrap_or_default();
-        if stem.is_empty() { "model".to_string() } else { stem.to_string() }
+        crate::registry::name_from_uri(self.model_uri.as_deref().unwrap_or_default())
+    }
+
+    /// The models to serve: `KINFER_MODELS` or `--models-file`, else the one model of
+    /// `KINFER_MODEL_URI` and its companions. Errors name the setting at fault.
+    pub fn model_specs(&self) -> Result<Vec<crate::registry::ModelSpec>, String> {
+        let list = self.models.as_deref().filter(|s| !s.trim().is_empty());
+        let one = self.model_uri.as_deref().filter(|s| !s.is_empty());
+        match (one, list, &self.models_file) {
+            (None, None, None) => Err("no model to serve: set KINFER_MODEL_URI (--model-uri) for one model, or \
+                 KINFER_MODELS (--models) / KINFER_MODELS_FILE (--models-file) for several"
+                .into()),
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err("KINFER_MODEL_URI and KINFER_MODELS / \
+                 KINFER_MODELS_FILE are both set: use KINFER_MODEL_URI for one model or the list for \
+                 several, not both"
+                .into()),
+            (None, Some(_), Some(_)) => Err("KINFER_MODELS and KINFER_MODELS_FILE are both set: use one".into()),
+            (Some(uri), None, None) => Ok(vec![crate::registry::ModelSpec {
+                name: self.served_name(),
+                uri: uri.to_string(),
+                version: self.model_version.clone(),
+                sha256: self.model_sha256.clone().filter(|s| !s.is_empty()),
+            }]),
+            (None, Some(json), None) => {
+                crate::registry::parse_models(json, false).map_err(|e| format!("KINFER_MODELS: {e}"))
+            }
+            (None, None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("KINFER_MODELS_FILE: cannot read {}: {e}", path.display()))?;
+                crate::registry::parse_models(&text, true)
+                    .map_err(|e| format!("KINFER_MODELS_FILE {}: {e}", path.display()))
+            }
+        }
     }
 
     pub fn queue_capacity(&self) -> usize {
@@ -275,6 +343,22 @@ pub fn available_cpus() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_come_from_exactly_one_setting() {
+        let one = cfg("/tmp/iris.onnx", None).model_specs().unwrap();
+        assert_eq!((one[0].name.as_str(), one[0].version.as_str()), ("iris", "1"));
+        let list = r#"[{"name":"iris","uri":"/m/iris.onnx","version":"2"},{"uri":"/m/tabular.onnx"}]"#;
+        let many = Config::parse_from(["k", "--models", list]).model_specs().unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!((many[1].name.as_str(), many[1].version.as_str()), ("tabular", "1"));
+        let none = Config::parse_from(["k"]).model_specs().unwrap_err();
+        assert!(none.contains("KINFER_MODEL_URI") && none.contains("KINFER_MODELS"), "{none}");
+        let both = Config::parse_from(["k", "--model-uri", "/m.onnx", "--models", list]).model_specs().unwrap_err();
+        assert!(both.contains("both set"), "{both}");
+        let bad = Config::parse_from(["k", "--models", "{}"]).model_specs().unwrap_err();
+        assert!(bad.starts_with("KINFER_MODELS: "), "{bad}");
+    }
 
     fn cfg(uri: &str, name: Option<&str>) -> Config {
         let mut args = vec!["kinfer-runtime", "--model-uri", uri];
@@ -320,7 +404,15 @@ mod tests {
 
     #[test]
     fn zero_deadlines_and_limits_are_refused_naming_the_setting() {
-        for flag in ["--body-timeout-ms", "--header-timeout-ms", "--idle-timeout-seconds", "--max-connections"] {
+        for flag in [
+            "--body-timeout-ms",
+            "--header-timeout-ms",
+            "--idle-timeout-seconds",
+            "--max-connections",
+            "--cache-max-entries",
+            "--cache-max-bytes",
+            "--cache-ttl-seconds",
+        ] {
             let err = Config::try_parse_from(["k", "--model-uri", "/m.onnx", flag, "0"]).unwrap_err().to_string();
             assert!(err.contains(flag) && err.contains("0"), "{flag}: {err}");
         }

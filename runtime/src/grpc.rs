@@ -163,6 +163,8 @@ struct Call {
     error: Option<ApiError>,
     /// The canary answered (its own pods count the call).
     by_canary: bool,
+    /// The model and version that served the call (metrics, access and request logs).
+    model: Option<(String, String)>,
 }
 
 type SharedCall = Arc<Mutex<Call>>;
@@ -181,6 +183,21 @@ fn fail(call: Option<&SharedCall>, e: ApiError) -> Status {
         c.error = Some(e);
     }
     status
+}
+
+/// The `ModelInfer` answer: the response with `x-kinfer-cache` metadata when the prediction cache
+/// is on (as the header on REST; the response also carries it as its `cache` parameter), or the
+/// error's status.
+fn answer(
+    result: Result<(pb::ModelInferResponse, Option<crate::cache::Status>), ApiError>,
+    call: Option<&SharedCall>,
+) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
+    let (resp, cache) = result.map_err(|e| fail(call, e))?;
+    let mut resp = tonic::Response::new(resp);
+    if let Some(status) = cache {
+        resp.metadata_mut().insert(crate::cache::HEADER, tonic::metadata::MetadataValue::from_static(status.as_str()));
+    }
+    Ok(resp)
 }
 
 fn version(v: &str) -> Option<&str> {
@@ -210,7 +227,7 @@ impl GrpcInferenceService for Inference {
         let call = Self::call(&req);
         let m = req.get_ref();
         let ready = match self.st.engine(&m.name, version(&m.version)) {
-            Ok(_) => self.st.is_ready(),
+            Ok(_) => !self.st.shutting_down.load(std::sync::atomic::Ordering::Acquire),
             Err(e) if e.code == ErrorCode::ModelNotReady => false,
             Err(e) => return Err(fail(call.as_ref(), e)),
         };
@@ -246,7 +263,74 @@ impl GrpcInferenceService for Inference {
         if let Some(canary) = self.st.canary.get() {
             return self.with_canary(canary, call, req).await;
         }
-        self.infer(call.as_ref(), req.into_inner()).await.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+        let result = self.infer(call.as_ref(), req.into_inner()).await;
+        answer(result, call.as_ref())
+    }
+
+    async fn repository_index(
+        &self,
+        req: tonic::Request<pb::RepositoryIndexRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryIndexResponse>, Status> {
+        let models = self
+            .st
+            .models
+            .index(req.get_ref().ready)
+            .into_iter()
+            .map(|r| pb::repository_index_response::ModelIndex {
+                name: r.name,
+                version: r.version,
+                state: r.state.into(),
+                reason: r.reason,
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: tonic::Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryModelLoadResponse>, Status> {
+        let call = Self::call(&req);
+        let msg = req.into_inner();
+        let load = async {
+            let params = msg
+                .parameters
+                .into_iter()
+                .map(|(k, v)| repository_parameter(&k, v).map(|v| (k, v)))
+                .collect::<Result<_, _>>()?;
+            let load = crate::repository::load_request(params)?;
+            self.st.models.load(&msg.model_name, load).await
+        };
+        load.await.map_err(|e| fail(call.as_ref(), e))?;
+        Ok(tonic::Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: tonic::Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<tonic::Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let call = Self::call(&req);
+        let msg = req.into_inner();
+        let unload = async {
+            crate::repository::check_unload_parameters(msg.parameters.keys())?;
+            self.st.models.unload(&msg.model_name).await
+        };
+        unload.await.map_err(|e| fail(call.as_ref(), e))?;
+        Ok(tonic::Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// A load parameter as the REST body would carry it (Triton's `file:` contents are bytes: refused
+/// by name, as a model here is one ONNX file at a uri).
+fn repository_parameter(key: &str, p: pb::ModelRepositoryParameter) -> Result<serde_json::Value, ApiError> {
+    use pb::model_repository_parameter::ParameterChoice;
+    match p.parameter_choice {
+        Some(ParameterChoice::StringParam(s)) => Ok(s.into()),
+        Some(ParameterChoice::Int64Param(n)) => Ok(n.into()),
+        Some(ParameterChoice::BoolParam(b)) => Ok(b.into()),
+        Some(ParameterChoice::BytesParam(_)) | None => Err(ApiError::invalid(format!(
+            "load parameter '{key}' must be a string (kinfer takes 'uri', 'version' and 'sha256')"
+        ))),
     }
 }
 
@@ -309,7 +393,7 @@ impl Inference {
                 crate::shadow::CTX.scope(crate::shadow::ShadowCtx { id: Box::new(id), headers }, fut).await
             }
         };
-        result.map(tonic::Response::new).map_err(|e| fail(call.as_ref(), e))
+        answer(result, call.as_ref())
     }
 
     /// The call's shared context, put there by [`call_context`].
@@ -317,24 +401,25 @@ impl Inference {
         req.extensions().get::<SharedCall>().cloned()
     }
 
-    /// decode → infer → encode.
+    /// decode → infer → encode; also says how the prediction cache answered (when it is on).
     async fn infer(
         &self,
         call: Option<&SharedCall>,
         msg: pb::ModelInferRequest,
-    ) -> Result<pb::ModelInferResponse, ApiError> {
+    ) -> Result<(pb::ModelInferResponse, Option<crate::cache::Status>), ApiError> {
         let st = &self.st;
         let engine = st.engine(&msg.model_name, version(&msg.model_version))?;
         let mut deadline = None;
         if let Some(c) = call
             && let Ok(mut c) = c.lock()
         {
+            c.model = Some((engine.spec.name.clone(), engine.spec.version.clone()));
             if !c.id_from_header && !msg.id.is_empty() && msg.id.len() <= 200 {
                 c.id = Arc::from(msg.id.as_str());
             }
             deadline = c.deadline;
         }
-        let pipeline = st.image.get().and_then(|s| s.pipeline.clone());
+        let pipeline = engine.image.pipeline.clone();
         let decode = async {
             match pipeline {
                 None => codec::decode(msg, &engine.info, st.limits, None),
@@ -356,9 +441,17 @@ impl Inference {
             (a, b) => a.or(b),
         };
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
-        let outputs = crate::server::infer(st, engine, req.inputs, timeout_ms).await?;
-        Ok(crate::telemetry::stage("encode")
-            .in_scope(|| codec::encode(&engine.info, req.id, &outputs, &req.outputs, req.raw)))
+        let cache = crate::cache::Use { outputs: &req.outputs, enabled: req.cache };
+        let done = crate::server::infer(st, &engine, req.inputs, timeout_ms, cache).await?;
+        let mut resp = crate::telemetry::stage("encode")
+            .in_scope(|| codec::encode(&engine.info, req.id, &done.outputs, &req.outputs, req.raw));
+        if let Some(status) = done.cache {
+            let value = pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(status.as_str().into())),
+            };
+            resp.parameters.insert("cache".into(), value);
+        }
+        Ok((resp, done.cache))
     }
 }
 
@@ -386,7 +479,8 @@ fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
 /// The model RPCs need a token when auth is on (as `/v2/models/**` do on REST); liveness,
 /// readiness, server metadata, health and reflection stay open.
 fn protected(path: &str) -> bool {
-    path.strip_prefix("/inference.GRPCInferenceService/").is_some_and(|m| m.starts_with("Model"))
+    path.strip_prefix("/inference.GRPCInferenceService/")
+        .is_some_and(|m| m.starts_with("Model") || m.starts_with("Repository"))
 }
 
 /// An error answered by the middleware itself, with the request id.
@@ -423,6 +517,8 @@ fn http_equivalent(code: Code, error: Option<&ApiError>) -> u16 {
 /// is dropped): then it is 504 when its deadline had passed, else 499 (client closed).
 struct InFlight {
     st: Arc<AppState>,
+    /// The model that served the call, once known.
+    model: Option<(String, String)>,
     start: Instant,
     deadline: Option<Instant>,
     done: bool,
@@ -431,7 +527,7 @@ struct InFlight {
 impl InFlight {
     fn new(st: Arc<AppState>, deadline: Option<Instant>) -> InFlight {
         st.metrics.in_flight.inc();
-        InFlight { st, start: Instant::now(), deadline, done: false }
+        InFlight { st, model: None, start: Instant::now(), deadline, done: false }
     }
 
     fn finish(&mut self, status: u16) {
@@ -441,14 +537,14 @@ impl InFlight {
         self.done = true;
         let m = &self.st.metrics;
         m.in_flight.dec();
-        let (model, version) =
-            if status == 404 { ("unknown", "unknown") } else { (self.st.name.as_str(), self.st.version.as_str()) };
+        let (model, version) = match &self.model {
+            Some((name, version)) if status != 404 => (name.as_str(), version.as_str()),
+            _ => ("unknown", "unknown"),
+        };
         m.requests.with_label_values(&[model, version, "grpc", &status.to_string()]).inc();
         m.request_duration.with_label_values(&[model, version, "grpc"]).observe(self.start.elapsed().as_secs_f64());
     }
-}
 
-impl InFlight {
     /// The canary answered: in flight here, counted by the canary's pods.
     fn forwarded(&mut self) {
         if !self.done {
@@ -493,8 +589,14 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
     let mut in_flight = is_infer.then(|| InFlight::new(st.clone(), deadline));
-    let call: SharedCall =
-        Arc::new(Mutex::new(Call { id: id.clone(), id_from_header, deadline, error: None, by_canary: false }));
+    let call: SharedCall = Arc::new(Mutex::new(Call {
+        id: id.clone(),
+        id_from_header,
+        deadline,
+        error: None,
+        by_canary: false,
+        model: None,
+    }));
     let logged: crate::server::LoggedIo = Arc::new(Mutex::new(None));
 
     // Auth and the rate limit, then (inference) the whole message within the body deadline, and
@@ -578,24 +680,28 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     // Triton's other RPCs and unknown services: UNIMPLEMENTED, saying what is served.
     if status.as_ref().is_some_and(|s| s.code() == Code::Unimplemented && s.message().is_empty()) {
         let message = format!(
-            "{path} is not served here; kinfer-runtime serves {SERVICE} (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), grpc.health.v1.Health and server reflection"
+            "{path} is not served here; kinfer-runtime serves {SERVICE} (ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload), grpc.health.v1.Health and server reflection"
         );
         resp = Status::unimplemented(message.clone()).into_http::<axum::body::Body>();
         status = Some(Status::unimplemented(message));
     }
-    let (id, error, by_canary) = match call.lock() {
-        Ok(mut c) => (c.id.clone(), c.error.take(), c.by_canary),
-        Err(_) => (id, None, false),
+    let (id, error, by_canary, served) = match call.lock() {
+        Ok(mut c) => (c.id.clone(), c.error.take(), c.by_canary, c.model.take()),
+        Err(_) => (id, None, false, None),
     };
+    // A call refused before its message was read names no model: with one, it is that one.
+    let served = served.or_else(|| st.models.only());
+    let (model, version) = served.clone().unwrap_or_else(|| ("unknown".into(), String::new()));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    if is_infer {
-        crate::canary::mark_version(resp.headers_mut(), &st.version);
+    if is_infer && !version.is_empty() {
+        crate::canary::mark_version(resp.headers_mut(), &version);
     }
     let code = status.as_ref().map_or(Code::Ok, Status::code);
     let http = http_equivalent(code, error.as_ref());
     if let Some(f) = in_flight.as_mut() {
+        f.model = served;
         if by_canary {
             f.forwarded();
         } else {
@@ -605,7 +711,7 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let elapsed = start.elapsed();
     let message =
         error.as_ref().map(|e| e.message.clone()).or_else(|| status.as_ref().map(|s| s.message().to_string()));
-    trace.finish_grpc(code, &st.name, &st.version, &id);
+    trace.finish_grpc(code, &model, &version, &id);
     if is_infer {
         let _in_request = trace.span().enter();
         crate::server::log_request(
@@ -613,6 +719,8 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
             &logged,
             crate::server::RequestOutcome {
                 id: &id,
+                model: &model,
+                version: &version,
                 protocol: "grpc",
                 status: http,
                 elapsed,
@@ -623,19 +731,20 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     }
     let latency_us = elapsed.as_micros() as u64;
     let protocol = if is_infer { "grpc" } else { "-" };
+    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let grpc_code = format!("{code:?}");
     let trace_id = trace.trace_id();
     let trace_id = trace_id.as_deref();
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
+            version, protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
         (Some(m), _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
+            version, protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
         (None, _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %st.name,
-            protocol, status = http, grpc_code, latency_us, trace_id, "request"),
+            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
+            version, protocol, status = http, grpc_code, latency_us, trace_id, "request"),
     }
     resp
 }

@@ -1,8 +1,9 @@
-//! kinfer-runtime: serves one ONNX model over the Open Inference Protocol v2, KServe V1 and
-//! `/predict`, with health, readiness and Prometheus metrics on one port, and the protocol's gRPC
-//! service (with gRPC health and reflection) on a second one.
+//! kinfer-runtime: serves ONNX models (one, or a list of them) over the Open Inference Protocol
+//! v2, KServe V1 and `/predict`, with health, readiness, model control and Prometheus metrics on
+//! one port, and the protocol's gRPC service (with gRPC health and reflection) on a second one.
 
 pub mod access;
+pub mod cache;
 pub mod canary;
 pub mod classes;
 pub mod config;
@@ -18,6 +19,8 @@ pub mod model;
 pub mod onnx_labels;
 pub mod openapi;
 pub mod protocol;
+pub mod registry;
+pub mod repository;
 pub mod requestlog;
 pub mod server;
 pub mod shadow;
@@ -25,10 +28,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tensor;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use config::Config;
 use metrics::Metrics;
@@ -39,71 +39,15 @@ use server::AppState;
 #[error("{0}")]
 pub struct Fatal(pub String);
 
-/// Fetches, loads and warms up the model, then starts the inference threads and marks the
-/// state ready. Any error is fatal.
-pub async fn load_model(
+/// Loads every listed model (each becomes ready on its own; the server once all are). Any
+/// error is fatal at start-up; later loads go through model control.
+pub async fn load_models(
     cfg: &Config,
     state: &Arc<AppState>,
     env: Arc<ort::environment::Environment>,
 ) -> Result<(), Fatal> {
-    let t0 = Instant::now();
-    let images = image::Prepared::from_config(cfg).map_err(Fatal)?;
-    let opts = store::FetchOptions {
-        cache_dir: cfg.cache_dir.clone(),
-        expected_sha256: cfg.model_sha256.clone().filter(|s| !s.is_empty()),
-        attempts: cfg.download_attempts,
-        path_style: store::path_style_from_env(),
-        initial_backoff: Duration::from_millis(500),
-    };
-    let path = store::fetch(&cfg.model_uri, &opts).await.map_err(|e| Fatal(e.message))?;
-    tracing::info!(uri = %cfg.model_uri, path = %path.display(), elapsed_ms = t0.elapsed().as_millis() as u64, "model fetched");
-
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(u64::MAX);
-    let (sessions_wanted, intra) = cfg.session_layout(size);
-    tracing::info!(sessions = sessions_wanted, intra_threads = intra, "session layout");
-    let (name, version, uri) = (state.name.clone(), state.version.clone(), cfg.model_uri.clone());
-    let loaded = tokio::task::spawn_blocking(move || -> Result<_, Fatal> {
-        let bytes =
-            std::fs::read(&path).map_err(|e| Fatal(format!("cannot read model file {}: {e}", path.display())))?;
-        let so = model::SessionOptions { intra_threads: intra };
-        let mut sessions = Vec::with_capacity(sessions_wanted);
-        for _ in 0..sessions_wanted {
-            sessions.push(model::build_session(&env, &uri, &bytes, so).map_err(|e| Fatal(e.to_string()))?);
-        }
-        let info = model::model_info(&sessions[0], &name, &version, &bytes).map_err(|e| Fatal(e.to_string()))?;
-        let warm = model::warmup_inputs(&info);
-        for s in sessions.iter_mut() {
-            model::run(s, &info, &warm).map_err(|e| Fatal(format!("warm-up inference failed: {e}")))?;
-        }
-        Ok((sessions, info))
-    })
-    .await
-    .map_err(|e| Fatal(format!("model loading thread failed: {e}")))??;
-    let (sessions, mut info) = loaded;
-    let images = images.resolve(&mut info).map_err(Fatal)?;
-    let _ = state.image.set(images);
-    let info = Arc::new(info);
-    let hist = metrics::ModelHistograms::new(&state.metrics, &info.name, &info.version);
-    let batch = engine::BatchConfig {
-        max_batch_size: cfg.max_batch_size.max(1),
-        max_delay: Duration::from_micros(cfg.max_batch_delay_us),
-    };
-    let engine = engine::Engine::start(sessions, info.clone(), batch, cfg.queue_capacity(), hist)
-        .map_err(|e| Fatal(format!("cannot start inference threads: {e}")))?;
-    if cfg.max_batch_size > 1 && !engine.batching() {
-        tracing::warn!(
-            "dynamic batching requested but the model's inputs have no dynamic batch dimension; serving requests one by one"
-        );
-    }
-    let elapsed = t0.elapsed();
-    state.metrics.model_load_duration.set(elapsed.as_secs_f64());
-    tracing::info!(
-        model = %info.name, version = %info.version,
-        inputs = ?info.inputs.iter().map(|s| format!("{}:{}{:?}", s.name, s.datatype, s.shape)).collect::<Vec<_>>(),
-        outputs = ?info.outputs.iter().map(|s| format!("{}:{}{:?}", s.name, s.datatype, s.shape)).collect::<Vec<_>>(),
-        batching = engine.batching(), load_ms = elapsed.as_millis() as u64, "model ready");
-    server::set_ready(state, engine, &info);
-    Ok(())
+    state.models.set_loader(registry::Loader::new(cfg.clone(), env, state.metrics.clone()));
+    state.models.load_all().await.map_err(Fatal)
 }
 
 /// Writes the fatal message where Kubernetes reads it (when that file exists).
@@ -112,6 +56,28 @@ pub fn write_termination_log(cfg: &Config, message: &str) {
     if path.exists() {
         let _ = std::fs::write(path, message);
     }
+}
+
+/// Creates the prediction cache when `KINFER_CACHE_MAX_ENTRIES` or `KINFER_CACHE_MAX_BYTES` is
+/// set, and starts its TTL sweep.
+pub fn start_cache(cfg: &Config, metrics: &Metrics) -> Result<Option<Arc<cache::Cache>>, Fatal> {
+    let Some(settings) = cache::Settings::new(cfg.cache_max_entries, cfg.cache_max_bytes, cfg.cache_ttl_seconds) else {
+        if cfg.cache_ttl_seconds.is_some() {
+            tracing::warn!(
+                "KINFER_CACHE_TTL_SECONDS is set but neither KINFER_CACHE_MAX_ENTRIES nor KINFER_CACHE_MAX_BYTES: the prediction cache is off"
+            );
+        }
+        return Ok(None);
+    };
+    let cache = cache::Cache::new(settings, metrics, &cfg.served_name(), &cfg.model_version)
+        .map_err(|e| Fatal(format!("cannot create the prediction cache's metrics: {e}")))?;
+    let cache = Arc::new(cache);
+    cache.spawn_sweeper();
+    tracing::info!(
+        max_entries = ?settings.max_entries, max_bytes = ?settings.max_bytes, ttl_s = ?settings.ttl.map(|t| t.as_secs()),
+        "prediction cache on"
+    );
+    Ok(Some(cache))
 }
 
 /// Starts the request log when `KINFER_LOG_URI` is set.
@@ -131,11 +97,19 @@ pub async fn start_request_log(cfg: &Config, metrics: &Metrics) -> Result<Option
         flush_interval: Duration::from_millis(cfg.log_flush_interval_ms.max(10)),
         queue_capacity: cfg.log_queue_capacity.max(1),
         pod,
-        model: cfg.served_name(),
+        model: log_partition(cfg),
         path_style: store::path_style_from_env(),
     };
     tracing::info!(uri, sample_rate = cfg.log_sample_rate, "request log on");
     Ok(Some(requestlog::RequestLog::start(lc, lm).await))
+}
+
+/// The request log's `model=` partition: the model's name, or with several models their names
+/// joined by `+` (each record names its own model).
+fn log_partition(cfg: &Config) -> String {
+    let mut names: Vec<String> = cfg.model_specs().unwrap_or_default().into_iter().map(|s| s.name).collect();
+    names.dedup();
+    if names.is_empty() { cfg.served_name() } else { names.join("+") }
 }
 
 pub fn new_metrics() -> Result<Arc<Metrics>, Fatal> {

@@ -8,7 +8,7 @@ use clap::Parser;
 use kinfer_runtime::{
     Fatal,
     config::{Config, LogFormat},
-    listener, load_model, model, new_metrics,
+    listener, load_models, model, new_metrics,
     protocol::Limits,
     server, write_termination_log,
 };
@@ -81,6 +81,7 @@ fn main() {
 }
 
 async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(), Fatal> {
+    let models = cfg.model_specs().map_err(Fatal)?;
     let metrics = new_metrics()?;
     let access = kinfer_runtime::access::Access::new(
         cfg.auth_tokens.as_deref(),
@@ -92,28 +93,38 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
     .map_err(Fatal)?;
     let cors = kinfer_runtime::access::cors_layer(cfg.cors_origins.as_deref()).map_err(Fatal)?;
     let log = kinfer_runtime::start_request_log(&cfg, &metrics).await?;
+    let cache = kinfer_runtime::start_cache(&cfg, &metrics)?;
     let state = server::new_state(
         server::StateConfig {
-            name: cfg.served_name(),
-            version: cfg.model_version.clone(),
+            models: models.clone(),
+            control: cfg.model_control,
             limits: Limits { max_rows: cfg.max_rows.max(1) },
             request_timeout: Duration::from_millis(cfg.request_timeout_ms.max(1)),
             max_body_bytes: cfg.max_body_bytes,
             body_timeout: Duration::from_millis(cfg.body_timeout_ms),
+            cache,
         },
         metrics,
         access,
         log.clone(),
     );
     if let Some(settings) = kinfer_runtime::canary::Settings::from_config(&cfg).map_err(Fatal)? {
-        let canary = kinfer_runtime::canary::Canary::start(settings, &state.metrics, &state.name).map_err(Fatal)?;
+        let [model] = models.as_slice() else {
+            return Err(Fatal(format!(
+                "KINFER_CANARY_URL routes one model to its canary, but this runtime serves {} models \
+                 (KINFER_MODELS): a canary needs the one-model configuration",
+                models.len()
+            )));
+        };
+        let canary = kinfer_runtime::canary::Canary::start(settings, &state.metrics, &model.name).map_err(Fatal)?;
         let _ = state.canary.set(canary);
     }
     let (listener, addr) = listen(&cfg.host, cfg.port).await?;
     // Both ports share the descriptor budget.
     let ports = if cfg.grpc_port == 0 { 1 } else { 2 };
     let limits = connection_limits(&cfg, ports);
-    tracing::info!(%addr, model = %state.name, uri = %cfg.model_uri, "listening (live; loading the model)");
+    tracing::info!(%addr, models = ?models.iter().map(|m| format!("{}:{} {}", m.name, m.version, m.uri)).collect::<Vec<_>>(),
+        control = ?cfg.model_control, "listening (live; loading the models)");
     // gRPC on its own port; it starts draining when the HTTP server does.
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     let grpc = match cfg.grpc_port {
@@ -128,10 +139,10 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         }
     };
 
-    // Live at once; ready once the model has loaded and a warm-up inference succeeded.
+    // Live at once; ready once every model has loaded and a warm-up inference succeeded.
     let loader_state = state.clone();
     let loader_cfg = cfg.clone();
-    let loader = tokio::spawn(async move { load_model(&loader_cfg, &loader_state, env).await });
+    let loader = tokio::spawn(async move { load_models(&loader_cfg, &loader_state, env).await });
     let watch_cfg = cfg.clone();
     tokio::spawn(async move {
         // Any loader failure, a panic included, ends the process: a pod must never sit live

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the runtime (`GET /metrics`, text format).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets from 50 µs to 10 s: the hot path is tens of microseconds.
@@ -17,7 +17,7 @@ pub struct Metrics {
     pub queue_duration: HistogramVec,
     pub batch_size: HistogramVec,
     pub in_flight: IntGauge,
-    pub model_load_duration: Gauge,
+    pub model_load_duration: GaugeVec,
     pub model_ready: GaugeVec,
     pub connections_open: IntGauge,
     pub connections_accepted: IntCounter,
@@ -59,8 +59,10 @@ impl Metrics {
             &["model", "version"],
         )?;
         let in_flight = IntGauge::new("kinfer_requests_in_flight", "Inference requests being served")?;
-        let model_load_duration =
-            Gauge::new("kinfer_model_load_duration_seconds", "Time to fetch, load and warm up the model")?;
+        let model_load_duration = GaugeVec::new(
+            Opts::new("kinfer_model_load_duration_seconds", "Time to fetch, load and warm up each model version"),
+            &["model", "version"],
+        )?;
         let model_ready = GaugeVec::new(
             Opts::new("kinfer_model_ready", "1 when the model is loaded and warmed up"),
             &["model", "version"],

@@ -45,7 +45,8 @@ pub struct InferenceRequest {
     inputs: Vec<RequestInput>,
     /// Subset of outputs to return (all when omitted).
     outputs: Option<Vec<RequestOutput>>,
-    /// `timeout_ms`: deadline for this request; `binary_data_output`: all outputs binary.
+    /// `timeout_ms`: deadline for this request; `binary_data_output`: all outputs binary;
+    /// `cache`: `false` bypasses the prediction cache (when it is on).
     #[schema(value_type = Object)]
     parameters: Option<serde_json::Value>,
 }
@@ -114,6 +115,8 @@ pub struct PredictResponse {
     model_version: String,
     #[schema(value_type = Vec<Object>, example = json!([{"label": 0, "probabilities": {"0": 0.98, "1": 0.02, "2": 0.0}}]))]
     predictions: Vec<serde_json::Value>,
+    /// Present when the prediction cache is on: whether the answer came from it.
+    cached: Option<bool>,
 }
 
 /// Every error.
@@ -143,6 +146,10 @@ pub struct ServerMetadata {
 pub struct ModelLinks {
     name: String,
     version: String,
+    /// READY, LOADING or UNAVAILABLE (as in `POST /v2/repository/index`).
+    #[schema(example = "READY")]
+    state: String,
+    /// With several versions of one name, the links name the version.
     #[schema(example = "/v2/models/iris")]
     metadata: String,
     #[schema(example = "/v2/models/iris/ready")]
@@ -173,7 +180,7 @@ pub struct ServerIndex {
 #[openapi(
     info(
         title = "kinfer-runtime",
-        description = "Serves one ONNX model over the Open Inference Protocol v2 (KServe / Triton / MLServer), KServe V1 and a plain /predict. Errors are JSON {error, code, request_id}; every response carries x-request-id. When bearer auth is on, /v2/models/**, /v1/models/** and /predict need `Authorization: Bearer <token>`."
+        description = "Serves ONNX models over the Open Inference Protocol v2 (KServe / Triton / MLServer), KServe V1 and a plain /predict, with Triton's model repository extension for model control. Errors are JSON {error, code, request_id}; every response carries x-request-id. When bearer auth is on, /v2/models/**, /v2/repository/**, /v1/models/** and /predict need `Authorization: Bearer <token>`."
     ),
     paths(
         crate::server::root,
@@ -189,6 +196,9 @@ pub struct ServerIndex {
         crate::server::v1_model,
         crate::server::v1_predict,
         crate::server::predict,
+        crate::repository::index,
+        crate::repository::load,
+        crate::repository::unload,
         crate::server::metrics,
     ),
     components(schemas(
@@ -199,7 +209,8 @@ pub struct ServerIndex {
     tags(
         (name = "v2", description = "Open Inference Protocol v2"),
         (name = "v1", description = "KServe V1"),
-        (name = "predict", description = "The simple case: one model, rows in, predictions out"),
+        (name = "predict", description = "The simple case: rows in, predictions out (`model` query parameter when several models are served)"),
+        (name = "repository", description = "Triton's model repository extension: index, load, unload (load/unload need KINFER_MODEL_CONTROL=explicit)"),
         (name = "health", description = "Probes and metrics (never need a token)")
     )
 )]

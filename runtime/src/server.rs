@@ -1,5 +1,5 @@
-//! The HTTP server: one port for the Open Inference Protocol v2, KServe V1, `/predict`, health
-//! and `/metrics`.
+//! The HTTP server: one port for the Open Inference Protocol v2, KServe V1, `/predict`, model
+//! control (Triton's repository extension, [`crate::repository`]), health and `/metrics`.
 
 use std::{
     collections::HashMap,
@@ -29,17 +29,15 @@ use crate::{
     engine::Engine,
     error::{ApiError, ErrorCode},
     metrics::Metrics,
-    model::ModelInfo,
     protocol::{Limits, v1, v2},
+    registry::{Registry, Served},
     tensor::Tensor,
 };
 
 /// Everything the handlers share.
 pub struct AppState {
-    pub name: String,
-    pub version: String,
-    pub engine: OnceLock<Engine>,
-    pub ready: AtomicBool,
+    /// The served models, by name and version.
+    pub models: Registry,
     pub shutting_down: AtomicBool,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -47,12 +45,12 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Longest wait for a request body (KINFER_BODY_TIMEOUT_MS).
     pub body_timeout: Duration,
-    /// Image inputs and class names for /predict (set when the model loads).
-    pub image: OnceLock<crate::image::Serving>,
     /// Auth, rate and concurrency limits.
     pub access: crate::access::Access,
     /// The request/response log, when on.
     pub log: Option<Arc<crate::requestlog::RequestLog>>,
+    /// The prediction cache, when on.
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// The canary this stable runtime routes to (KINFER_CANARY_URL), set before serving.
     pub canary: OnceLock<Arc<crate::canary::Canary>>,
 }
@@ -69,6 +67,9 @@ pub(crate) type LoggedIo = Arc<std::sync::Mutex<Option<(Vec<Tensor>, Vec<Tensor>
 /// How an inference request ended, for its request-log record.
 pub(crate) struct RequestOutcome<'a> {
     pub id: &'a str,
+    /// The model and version that served it ("unknown" when none did).
+    pub model: &'a str,
+    pub version: &'a str,
     pub protocol: &'static str,
     pub status: u16,
     pub elapsed: std::time::Duration,
@@ -92,8 +93,8 @@ pub(crate) fn log_request(st: &AppState, logged: &LoggedIo, outcome: RequestOutc
     log.submit(crate::requestlog::Record {
         request_id: outcome.id.to_string(),
         time: time::OffsetDateTime::now_utc(),
-        model: st.name.clone(),
-        version: st.version.clone(),
+        model: outcome.model.to_string(),
+        version: outcome.version.to_string(),
         protocol: outcome.protocol,
         status: outcome.status,
         latency_ms: outcome.elapsed.as_secs_f64() * 1000.0,
@@ -108,24 +109,15 @@ tokio::task_local! {
 }
 
 impl AppState {
-    /// The served model, if `name` (and `version`, when given) match and it is loaded.
-    pub(crate) fn engine(&self, name: &str, version: Option<&str>) -> Result<&Engine, ApiError> {
-        if name != self.name {
-            return Err(ApiError::not_found(format!("model '{name}' not found; this server serves '{}'", self.name)));
-        }
-        if let Some(v) = version
-            && v != self.version
-        {
-            return Err(ApiError::not_found(format!(
-                "model '{name}' version '{v}' not found; this server serves version '{}'",
-                self.version
-            )));
-        }
-        self.engine.get().ok_or_else(|| ApiError::not_ready(format!("model '{name}' is still loading")))
+    /// The served model `name` (`version`, or the highest loaded one), held by the request for as
+    /// long as it runs: a replacement or unload meanwhile does not cut it off.
+    pub(crate) fn engine(&self, name: &str, version: Option<&str>) -> Result<Arc<Served>, ApiError> {
+        self.models.get(name, version)
     }
 
+    /// Ready when every listed model is loaded and warmed up, until shutdown starts.
     pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+        !self.shutting_down.load(Ordering::Acquire) && self.models.all_ready()
     }
 }
 
@@ -151,6 +143,9 @@ pub fn router(state: Arc<AppState>, cors: Option<tower_http::cors::CorsLayer>) -
         .route("/v1/models", get(v1_list))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
         .route("/predict", post(predict))
+        .route("/v2/repository/index", post(crate::repository::index))
+        .route("/v2/repository/models/{model}/load", post(crate::repository::load))
+        .route("/v2/repository/models/{model}/unload", post(crate::repository::unload))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", crate::openapi::document()))
@@ -166,6 +161,11 @@ pub fn router(state: Arc<AppState>, cors: Option<tower_http::cors::CorsLayer>) -
         .with_state(state)
 }
 
+/// A JSON response with `body`.
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    json(status, body)
+}
+
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -175,7 +175,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 /// The server's name and protocol extensions in its metadata (REST `/v2` and `/`, gRPC
 /// ServerMetadata).
 pub(crate) const SERVER_NAME: &str = "kinfer-runtime";
-pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
 
 fn json_value(v: serde_json::Value) -> Response {
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
@@ -190,9 +190,30 @@ pub(crate) async fn server_metadata() -> Response {
     }))
 }
 
-#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, description = "Server name and version, the served model, and links to the docs and the model's endpoints", body = crate::openapi::ServerIndex)))]
+#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, description = "Server name and version, the served models, and links to the docs and each model's endpoints", body = crate::openapi::ServerIndex)))]
 pub(crate) async fn root(State(st): State<Arc<AppState>>) -> Response {
-    let m = &st.name;
+    let rows = st.models.index(false);
+    let models: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let m = &r.name;
+            // The version in the links only where the name has several.
+            let base = if rows.iter().filter(|o| &o.name == m).count() > 1 {
+                format!("/v2/models/{m}/versions/{}", r.version)
+            } else {
+                format!("/v2/models/{m}")
+            };
+            serde_json::json!({
+                "name": m,
+                "version": r.version,
+                "state": r.state,
+                "metadata": base,
+                "ready": format!("{base}/ready"),
+                "infer": format!("{base}/infer"),
+                "predict": format!("/v1/models/{m}:predict"),
+            })
+        })
+        .collect();
     json_value(serde_json::json!({
         "name": SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
@@ -200,14 +221,7 @@ pub(crate) async fn root(State(st): State<Arc<AppState>>) -> Response {
         "docs": "/docs",
         "openapi": "/openapi.json",
         "metrics": "/metrics",
-        "models": [{
-            "name": m,
-            "version": st.version,
-            "metadata": format!("/v2/models/{m}"),
-            "ready": format!("/v2/models/{m}/ready"),
-            "infer": format!("/v2/models/{m}/infer"),
-            "predict": format!("/v1/models/{m}:predict"),
-        }],
+        "models": models,
     }))
 }
 
@@ -235,7 +249,12 @@ pub(crate) async fn ready(State(st): State<Arc<AppState>>) -> Result<Response, A
     } else if st.shutting_down.load(Ordering::Acquire) {
         Err(ApiError::not_ready("the server is shutting down"))
     } else {
-        Err(ApiError::not_ready(format!("model '{}' is still loading", st.name)))
+        let loading = st.models.loading();
+        if loading.is_empty() {
+            Err(ApiError::not_ready("no model is loaded"))
+        } else {
+            Err(ApiError::not_ready(format!("still loading: {}", loading.join(", "))))
+        }
     }
 }
 
@@ -254,11 +273,11 @@ pub(crate) async fn v2_model_ready(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let name = p.get("model").map_or("", String::as_str);
-    st.engine(name, p.get("version").map(String::as_str))?;
-    if !st.is_ready() {
-        return Err(ApiError::not_ready(format!("model '{name}' is not ready")));
+    let served = st.engine(name, p.get("version").map(String::as_str))?;
+    if st.shutting_down.load(Ordering::Acquire) {
+        return Err(ApiError::not_ready("the server is shutting down"));
     }
-    Ok(json_value(serde_json::json!({ "name": name, "ready": true })))
+    Ok(json_value(serde_json::json!({ "name": name, "version": served.spec.version, "ready": true })))
 }
 
 /// Maps a body rejection (size limit included) to the JSON error.
@@ -275,22 +294,41 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, 
     })
 }
 
-/// Runs inference under the request's deadline (client `timeout_ms`, capped by the server's).
+/// What [`infer`] answers: the outputs, and how the prediction cache answered (when it is on).
+pub(crate) struct Inferred {
+    pub outputs: Arc<Vec<Tensor>>,
+    pub cache: Option<crate::cache::Status>,
+}
+
+/// Runs inference under the request's deadline (client `timeout_ms`, capped by the server's),
+/// through the prediction cache when it is on (`cache` says what the request asked for).
 pub(crate) async fn infer(
     st: &AppState,
     engine: &Engine,
     inputs: Vec<Tensor>,
     timeout_ms: Option<u64>,
-) -> Result<Vec<Tensor>, ApiError> {
+    cache: crate::cache::Use<'_>,
+) -> Result<Inferred, ApiError> {
     let deadline = match timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(st.request_timeout),
         None => st.request_timeout,
     };
     // Sampled requests keep a copy of their inputs for the request log.
     let log_inputs = st.log.as_ref().filter(|l| l.sampled()).map(|_| inputs.clone());
+    // Shadow copies are taken of every request, hits included: a hit's outputs are stable's.
     let shadow = st.canary.get().and_then(|c| c.shadow.as_ref());
     let shadow_copy = shadow.and_then(|s| s.take(&inputs, log_inputs.is_some()));
-    let result = match tokio::time::timeout(deadline, engine.infer(inputs)).await {
+    let run = async {
+        match &st.cache {
+            Some(c) => {
+                let (info, run) = (&engine.info, |inputs| engine.infer(inputs));
+                let (outputs, status) = c.get_or_run(&info.name, &info.version, inputs, cache, run).await;
+                outputs.map(|outputs| Inferred { outputs, cache: Some(status) })
+            }
+            None => engine.infer(inputs).await.map(|o| Inferred { outputs: Arc::new(o), cache: None }),
+        }
+    };
+    let result = match tokio::time::timeout(deadline, run).await {
         Ok(Err(e)) if e.code == ErrorCode::RateLimited => {
             st.metrics.requests_rejected.with_label_values(&["queue_capacity"]).inc();
             Err(e)
@@ -301,17 +339,24 @@ pub(crate) async fn infer(
             format!("inference did not finish within {} ms", deadline.as_millis()),
         )),
     };
-    if let (Some(s), Some(copy), Ok(outputs)) = (shadow, shadow_copy, &result) {
-        s.submit(copy, outputs, st.log.as_ref(), &st.name);
+    if let (Some(s), Some(copy), Ok(done)) = (shadow, shadow_copy, &result) {
+        s.submit(copy, &done.outputs, st.log.as_ref(), &engine.info.name);
     }
-    if let (Some(inputs), Ok(outputs)) = (log_inputs, &result) {
+    if let (Some(inputs), Ok(done)) = (log_inputs, &result) {
         let _ = REQUEST.try_with(|ctx| {
             if let Ok(mut slot) = ctx.logged.lock() {
-                *slot = Some((inputs, outputs.clone()));
+                *slot = Some((inputs, done.outputs.as_ref().clone()));
             }
         });
     }
     result
+}
+
+/// Sets `x-kinfer-cache` (hit, miss or bypass) when the prediction cache is on.
+fn mark_cache(resp: &mut Response, status: Option<crate::cache::Status>) {
+    if let Some(s) = status {
+        resp.headers_mut().insert(crate::cache::HEADER, HeaderValue::from_static(s.as_str()));
+    }
 }
 
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2", params(("model" = String, Path, description = "Served model name")), request_body = crate::openapi::InferenceRequest, responses((status = 200, description = "Outputs (with the binary tensor extension: JSON header, then raw tensors; see Inference-Header-Content-Length)", body = crate::openapi::InferenceResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
@@ -332,13 +377,15 @@ pub(crate) async fn v2_infer(
         ),
         None => None,
     };
-    let req = crate::image::decode_v2(st.image.get(), body, header_len, &engine.info, st.limits)
+    let req = crate::image::decode_v2(Some(&engine.image), body, header_len, &engine.info, st.limits)
         .instrument(crate::telemetry::stage("decode"))
         .await?;
-    let outputs = infer(&st, engine, req.inputs, req.timeout_ms).await?;
+    let selected: Vec<usize> = req.outputs.iter().map(|(i, _)| *i).collect();
+    let cache = crate::cache::Use { outputs: &selected, enabled: req.cache };
+    let done = infer(&st, &engine, req.inputs, req.timeout_ms, cache).await?;
     let enc = crate::telemetry::stage("encode")
-        .in_scope(|| v2::encode(&engine.info, req.id.as_deref(), &outputs, &req.outputs));
-    let resp = match enc.header_len {
+        .in_scope(|| v2::encode(&engine.info, req.id.as_deref(), &done.outputs, &req.outputs));
+    let mut resp = match enc.header_len {
         None => json(StatusCode::OK, enc.body),
         Some(n) => {
             let mut r = (StatusCode::OK, enc.body).into_response();
@@ -347,12 +394,13 @@ pub(crate) async fn v2_infer(
             r
         }
     };
+    mark_cache(&mut resp, done.cache);
     Ok(resp)
 }
 
 #[utoipa::path(get, path = "/v1/models", tag = "v1", responses((status = 200, description = "Served models")))]
 pub(crate) async fn v1_list(State(st): State<Arc<AppState>>) -> Response {
-    json_value(serde_json::json!({ "models": [st.name] }))
+    json_value(serde_json::json!({ "models": st.models.names() }))
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "v1", params(("model" = String, Path, description = "Served model name")), responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = crate::openapi::ErrorResponse)))]
@@ -361,8 +409,8 @@ pub(crate) async fn v1_model(
     Path(target): Path<String>,
 ) -> Result<Response, ApiError> {
     st.engine(&target, None)?;
-    if !st.is_ready() {
-        return Err(ApiError::not_ready(format!("model '{target}' is not ready")));
+    if st.shutting_down.load(Ordering::Acquire) {
+        return Err(ApiError::not_ready("the server is shutting down"));
     }
     Ok(json_value(serde_json::json!({ "name": target, "ready": true })))
 }
@@ -372,9 +420,15 @@ pub(crate) async fn v1_model(
 pub(crate) struct PredictQuery {
     timeout_ms: Option<u64>,
     threshold: Option<f64>,
+    /// `/predict` on a server with several models: which one.
+    model: Option<String>,
+    /// `/predict`: the model's version (default: the highest loaded).
+    version: Option<String>,
+    /// `false` bypasses the prediction cache (parsed by [`crate::cache::parse_query_flag`]).
+    cache: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "v1", params(("model" = String, Path, description = "Served model name"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body = crate::openapi::InstancesRequest, responses((status = 200, description = "One prediction per row", body = crate::openapi::V1Response), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "v1", params(("model" = String, Path, description = "Served model name"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request"), ("cache" = Option<bool>, Query, description = "false bypasses the prediction cache")), request_body = crate::openapi::InstancesRequest, responses((status = 200, description = "One prediction per row", body = crate::openapi::V1Response), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
 pub(crate) async fn v1_predict(
     State(st): State<Arc<AppState>>,
     Path(target): Path<String>,
@@ -394,20 +448,25 @@ pub(crate) async fn v1_predict(
     let inputs = crate::telemetry::stage("decode").in_scope(|| v1::decode(&body, &engine.info, st.limits))?;
     let n = rows_of(&inputs);
     let q = query_params(query)?;
-    let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
-    Ok(json(StatusCode::OK, crate::telemetry::stage("encode").in_scope(|| v1::encode_v1(&outputs, n))))
+    let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
+    let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
+    let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
+    let mut resp = json(StatusCode::OK, crate::telemetry::stage("encode").in_scope(|| v1::encode_v1(&done.outputs, n)));
+    mark_cache(&mut resp, done.cache);
+    Ok(resp)
 }
 
-#[utoipa::path(post, path = "/predict", tag = "predict", params(("threshold" = Option<f64>, Query, description = "Binary classifiers: decision = score >= threshold"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request")), request_body(content((crate::openapi::InstancesRequest = "application/json"), (String = "multipart/form-data")), description = "Rows as JSON, or JPEG/PNG files as multipart for image models"), responses((status = 200, description = "Predictions in request order", body = crate::openapi::PredictResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(post, path = "/predict", tag = "predict", params(("model" = Option<String>, Query, description = "The model, when the server serves several (required then)"), ("version" = Option<String>, Query, description = "The model's version (default: the highest loaded)"), ("threshold" = Option<f64>, Query, description = "Binary classifiers: decision = score >= threshold"), ("timeout_ms" = Option<u64>, Query, description = "Deadline for this request"), ("cache" = Option<bool>, Query, description = "false bypasses the prediction cache")), request_body(content((crate::openapi::InstancesRequest = "application/json"), (String = "multipart/form-data")), description = "Rows as JSON, or JPEG/PNG files as multipart for image models"), responses((status = 200, description = "Predictions in request order", body = crate::openapi::PredictResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
 pub(crate) async fn predict(
     State(st): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let engine = st.engine(&st.name, None)?;
-    let body = body_bytes(body, st.max_body_bytes)?;
     let q = query_params(query)?;
+    let name = st.models.pick(q.model.as_deref())?;
+    let engine = st.engine(&name, q.version.as_deref())?;
+    let body = body_bytes(body, st.max_body_bytes)?;
     if let Some(t) = q.threshold
         && !(0.0..=1.0).contains(&t)
     {
@@ -418,7 +477,8 @@ pub(crate) async fn predict(
         Ok::<_, ApiError>(match crate::image::multipart_boundary(&headers) {
             Some(boundary) => {
                 let (inputs, files) =
-                    crate::image::predict_inputs(st.image.get(), &engine.info, body, &boundary?, st.limits).await?;
+                    crate::image::predict_inputs(Some(&engine.image), &engine.info, body, &boundary?, st.limits)
+                        .await?;
                 (inputs, Some(files))
             }
             None => (v1::decode(&body, &engine.info, st.limits)?, None),
@@ -426,15 +486,21 @@ pub(crate) async fn predict(
     };
     let (inputs, files) = decode.instrument(crate::telemetry::stage("decode")).await?;
     let n = rows_of(&inputs);
-    let outputs = infer(&st, engine, inputs, q.timeout_ms).await?;
+    let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
+    let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
+    let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
+    let outputs = done.outputs.as_slice();
     let _encode = crate::telemetry::stage("encode").entered();
-    if q.threshold.is_none()
-        && let Some(body) = crate::image::encode_predict(st.image.get(), &engine.info, &outputs, n, files.as_deref())
-    {
-        return Ok(json(StatusCode::OK, body));
-    }
-    let opts = v1::PredictOptions { threshold: q.threshold };
-    Ok(json(StatusCode::OK, v1::encode_predict(&engine.info, &outputs, n, opts)))
+    let image_body = match q.threshold {
+        None => crate::image::encode_predict(Some(&engine.image), &engine.info, outputs, n, files.as_deref()),
+        Some(_) => None,
+    };
+    let mut body = image_body
+        .unwrap_or_else(|| v1::encode_predict(&engine.info, outputs, n, v1::PredictOptions { threshold: q.threshold }));
+    crate::cache::mark_json_object(&mut body, done.cache);
+    let mut resp = json(StatusCode::OK, body);
+    mark_cache(&mut resp, done.cache);
+    Ok(resp)
 }
 
 fn query_params(q: Result<Query<PredictQuery>, QueryRejection>) -> Result<PredictQuery, ApiError> {
@@ -495,6 +561,7 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         st.metrics.in_flight.inc();
     }
     let path_for_log = req.uri().path().to_string();
+    let model_in_path = protocol.and_then(|_| model_of_request(&st, req.uri()));
     let logged = Arc::new(std::sync::Mutex::new(None));
     let mut resp = match (&st.log, protocol) {
         (Some(_), Some(_)) => {
@@ -526,24 +593,25 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     }
     // Which version answered; the canary's answers are counted by the canary's own pods.
     let by_canary = resp.extensions().get::<crate::canary::AnsweredByCanary>().is_some();
-    if protocol.is_some() {
-        crate::canary::mark_version(resp.headers_mut(), &st.version);
-    }
     let elapsed = start.elapsed();
+    // Counted under the model that served it; names no served model matches stay "unknown".
+    let (model, version) = match (&model_in_path, resp.status()) {
+        (_, StatusCode::NOT_FOUND) | (None, _) => ("unknown".to_string(), "unknown".to_string()),
+        (Some((m, v)), _) => st.models.label(m, v.as_deref()).unwrap_or_else(|| ("unknown".into(), "unknown".into())),
+    };
     if protocol.is_some() {
         st.metrics.in_flight.dec();
+        if version != "unknown" {
+            crate::canary::mark_version(resp.headers_mut(), &version);
+        }
     }
     if let Some(protocol) = protocol.filter(|_| !by_canary) {
-        let (model, version) = if resp.status() == StatusCode::NOT_FOUND {
-            ("unknown", "unknown")
-        } else {
-            (st.name.as_str(), st.version.as_str())
-        };
+        let (model, version) = (model.as_str(), version.as_str());
         let code = resp.status().as_u16().to_string();
         st.metrics.requests.with_label_values(&[model, version, protocol, &code]).inc();
         st.metrics.request_duration.with_label_values(&[model, version, protocol]).observe(elapsed.as_secs_f64());
     }
-    trace.finish_http(resp.status().as_u16(), &st.name, &st.version, &id);
+    trace.finish_http(resp.status().as_u16(), &model, &version, &id);
     if let Some(protocol) = protocol {
         let _in_request = trace.span().enter();
         log_request(
@@ -551,6 +619,8 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
             &logged,
             RequestOutcome {
                 id: &id,
+                model: &model,
+                version: &version,
                 protocol,
                 status: resp.status().as_u16(),
                 elapsed,
@@ -560,33 +630,37 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         );
     }
     let latency_us = elapsed.as_micros() as u64;
+    // The version that answered (a canary's, when it did).
+    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let trace_id = trace.trace_id();
     let trace_id = trace_id.as_deref();
     match &err {
         Some(e) if e.code == ErrorCode::Internal => tracing::error!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             code = e.code.as_str(), error = %e.message, "request"),
         Some(e) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             code = e.code.as_str(), error = %e.message, "request"),
         None => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %st.name, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             "request"),
     }
     resp
 }
 
-/// The state for a model that is about to load.
+/// The state for models that are about to load.
 pub struct StateConfig {
-    pub name: String,
-    pub version: String,
+    pub models: Vec<crate::registry::ModelSpec>,
+    pub control: crate::config::ModelControl,
     pub limits: Limits,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// The prediction cache (off when `None`).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 pub fn new_state(
@@ -596,26 +670,37 @@ pub fn new_state(
     log: Option<Arc<crate::requestlog::RequestLog>>,
 ) -> Arc<AppState> {
     Arc::new(AppState {
-        name: cfg.name,
-        version: cfg.version,
-        engine: OnceLock::new(),
-        ready: AtomicBool::new(false),
+        models: Registry::new(cfg.models, cfg.control, metrics.clone()),
         shutting_down: AtomicBool::new(false),
         metrics,
         limits: cfg.limits,
         request_timeout: cfg.request_timeout,
         max_body_bytes: cfg.max_body_bytes,
         body_timeout: cfg.body_timeout,
-        image: OnceLock::new(),
         access,
         log,
+        cache: cfg.cache,
         canary: OnceLock::new(),
     })
 }
 
-/// Marks the model loaded and ready.
-pub fn set_ready(st: &AppState, engine: Engine, info: &ModelInfo) {
-    let _ = st.engine.set(engine);
-    st.ready.store(true, Ordering::Release);
-    st.metrics.model_ready.with_label_values(&[&info.name, &info.version]).set(1.0);
+/// The model (and version) an inference request names: in its path, or `/predict`'s `model` and
+/// `version` query parameters (the only model when there is one).
+fn model_of_request(st: &AppState, uri: &axum::http::Uri) -> Option<(String, Option<String>)> {
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/v2/models/") {
+        let mut parts = rest.split('/');
+        let name = parts.next()?.to_string();
+        let version = match (parts.next(), parts.next()) {
+            (Some("versions"), Some(v)) => Some(v.to_string()),
+            _ => None,
+        };
+        return Some((name, version));
+    }
+    if let Some(rest) = path.strip_prefix("/v1/models/") {
+        return Some((rest.rsplit_once(':').map_or(rest, |(m, _)| m).to_string(), None));
+    }
+    let q: PredictQuery = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let name = st.models.pick(q.model.as_deref()).ok()?;
+    Some((name, q.version))
 }

@@ -172,6 +172,23 @@ async fn split_share_sticky_keys_forced_routes_and_version_on_every_protocol() {
     let e = body["error"].as_str().unwrap();
     assert!(e.contains("x-kinfer-route") && e.contains("stable") && e.contains("canary"), "{e}");
 
+    // A request naming a version goes to the side that serves it, whatever the header says.
+    for (path, want) in [("/v2/models/iris/versions/2/infer", "2"), ("/v2/models/iris/versions/1/infer", "1")] {
+        let r = c
+            .post(stable.url(path))
+            .header(auth.0, auth.1)
+            .header("x-kinfer-route", if want == "1" { "canary" } else { "stable" })
+            .json(&v2_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.headers()["x-kinfer-model-version"].to_str().unwrap()),
+            (200, want),
+            "{path}"
+        );
+    }
+
     // V1, /predict and the binary extension are forwarded as they came.
     let r = c
         .post(stable.url("/v1/models/iris:predict?timeout_ms=5000"))

@@ -439,7 +439,20 @@ async fn reflection_lists_the_services() {
     let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
     assert_eq!(file.name(), "grpc_predict_v2.proto");
     let methods: Vec<&str> = file.service[0].method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"]);
+    assert_eq!(
+        methods,
+        [
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+            "RepositoryIndex",
+            "RepositoryModelLoad",
+            "RepositoryModelUnload"
+        ]
+    );
 
     // grpcurl and older tools ask v1alpha.
     use tonic_reflection::pb::v1alpha::{

@@ -178,6 +178,9 @@ def test_dashboard_covers_what_issue_12_asks_for():
         "kinfer_operator_reconcile_errors_total",
         "kinfer_requests_in_flight",
         "kinfer_model_load_duration_seconds",
+        "kinfer_cache_hits_total",
+        "kinfer_cache_evictions_total",
+        "kinfer_cache_bytes",
     ):
         assert needle in exprs, needle
     # Readiness by version, and the A/B comparison of a canary (issue 13): rate, errors and

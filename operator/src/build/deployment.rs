@@ -201,15 +201,22 @@ fn container(isvc: &ValidatedService, operator_env: Vec<EnvVar>) -> Container {
 /// variables; a user variable with the name of a contract variable replaces it in place.
 fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
     let spec = &isvc.spec;
-    let model = &spec.model;
-    let mut env = vec![
-        value("KINFER_MODEL_URI", &model.uri),
-        value("KINFER_MODEL_NAME", &isvc.model_name),
-        value("KINFER_MODEL_VERSION", &model.version),
-    ];
-    if let Some(sha) = &model.sha256 {
-        env.push(value("KINFER_MODEL_SHA256", sha));
-    }
+    let mut env = match (&spec.model, isvc.models.as_slice()) {
+        // One model: the single-model variables of the contract.
+        (Some(_), [model]) => {
+            let mut env = vec![
+                value("KINFER_MODEL_URI", &model.uri),
+                value("KINFER_MODEL_NAME", &model.name),
+                value("KINFER_MODEL_VERSION", &model.version),
+            ];
+            if let Some(sha) = &model.sha256 {
+                env.push(value("KINFER_MODEL_SHA256", sha));
+            }
+            env
+        }
+        // spec.models: the list, as the runtime's KINFER_MODELS JSON array.
+        (_, models) => vec![value("KINFER_MODELS", &serde_json::to_string(models).unwrap_or_default())],
+    };
     env.push(value("KINFER_HTTP_PORT", &HTTP_PORT.to_string()));
     env.push(value("KINFER_GRPC_PORT", &GRPC_PORT.to_string()));
     if let Some(t) = isvc.threads {
@@ -239,6 +246,18 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
     }
     if let Some(c) = &spec.cors {
         env.push(value("KINFER_CORS_ORIGINS", &c.allowed_origins.join(",")));
+    }
+    if let Some(c) = &spec.cache {
+        if let Some(n) = c.max_entries {
+            env.push(value("KINFER_CACHE_MAX_ENTRIES", &n.to_string()));
+        }
+        // Validated: a whole number of bytes (the runtime takes an integer, not a quantity).
+        if let Some(b) = c.max_bytes.as_ref().and_then(crate::validate::parse_bytes) {
+            env.push(value("KINFER_CACHE_MAX_BYTES", &b.to_string()));
+        }
+        if let Some(t) = c.ttl_seconds {
+            env.push(value("KINFER_CACHE_TTL_SECONDS", &t.to_string()));
+        }
     }
     if let Some(l) = &spec.limits {
         let limits = [
@@ -272,7 +291,8 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
     if spec.labels.is_some() {
         env.push(value("KINFER_LABELS_FILE", &format!("{LABELS_DIR}/labels.txt")));
     }
-    if let Some(s) = &model.storage {
+    // One storage for every model (validation refuses a list whose entries differ).
+    if let Some(s) = spec.model_list().first().and_then(|m| m.storage.as_ref()) {
         if let Some(endpoint) = &s.endpoint {
             env.push(value("AWS_ENDPOINT_URL_S3", endpoint));
         }

@@ -140,6 +140,34 @@ fn minimal_env_follows_the_contract() {
 }
 
 #[test]
+fn several_models_reach_the_runtime_as_kinfer_models_with_one_storage() {
+    let d = build_deployment(&valid("two-models.yaml"));
+    let list: serde_json::Value =
+        serde_json::from_str(&env_value(&d, "KINFER_MODELS").expect("KINFER_MODELS")).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"name": "iris", "uri": "s3://models/iris/1/model.onnx", "version": "1"},
+            {"name": "fraud", "uri": "s3://models/tabular/1/model.onnx", "version": "3",
+             "sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
+        ])
+    );
+    let env = env_map(&d);
+    for absent in ["KINFER_MODEL_URI", "KINFER_MODEL_NAME", "KINFER_MODEL_VERSION", "KINFER_MODEL_SHA256"] {
+        assert!(!env.contains_key(absent), "{absent} set next to KINFER_MODELS");
+    }
+    assert_eq!(env_value(&d, "AWS_ENDPOINT_URL_S3").as_deref(), Some("http://s3.kinfer-s3.svc.cluster.local:9000"));
+    assert_eq!(env_value(&d, "AWS_REGION").as_deref(), Some("us-east-1"));
+    let key = env["AWS_ACCESS_KEY_ID"].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).unwrap();
+    assert_eq!(key.name, "s3-credentials");
+    // One model in spec.models is still the list (its name is what the user wrote).
+    let mut one = fixture("two-models.yaml");
+    one.spec.models.as_mut().unwrap().truncate(1);
+    let d = build_deployment(&validate(&one, &OperatorConfig::default()).unwrap());
+    assert!(env_value(&d, "KINFER_MODELS").unwrap().contains(r#""name":"iris""#));
+}
+
+#[test]
 fn full_env_follows_the_contract_and_credentials_come_only_from_the_secret() {
     let d = build_deployment(&valid("full.yaml"));
     let v = |n| env_value(&d, n);
@@ -331,7 +359,7 @@ fn template_hash_follows_the_pod_template_not_the_replica_count() {
     let mut b = a.clone();
     b.spec.replicas = Some(4);
     let mut c = a.clone();
-    c.spec.model.uri = "s3://models/iris/2/model.onnx".into();
+    c.spec.model.as_mut().unwrap().uri = "s3://models/iris/2/model.onnx".into();
     assert_eq!(hash(&a), hash(&a));
     assert_eq!(hash(&a), hash(&b));
     assert_ne!(hash(&a), hash(&c));
@@ -361,6 +389,9 @@ fn logging_cors_limits_and_image_settings_reach_the_runtime_env() {
         Some("resize=256,crop=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225")
     );
     assert_eq!(v("KINFER_TOP_K").as_deref(), Some("3"));
+    assert_eq!(v("KINFER_CACHE_MAX_ENTRIES").as_deref(), Some("10000"));
+    assert_eq!(v("KINFER_CACHE_MAX_BYTES").as_deref(), Some("67108864"), "64Mi → bytes");
+    assert_eq!(v("KINFER_CACHE_TTL_SECONDS").as_deref(), Some("300"));
 
     // only the limits that are set; "*" passes through; a rate of 0 (off) is passed as such
     let mut isvc = fixture("minimal.yaml");
@@ -597,4 +628,22 @@ fn tracing_settings_the_runtime_would_refuse_are_refused_here() {
     isvc.spec.tracing = Some(crate::crd::TracingSpec { endpoint: Some("collector:4317".into()), ..Default::default() });
     let e = validate(&isvc, &OperatorConfig::default()).unwrap_err();
     assert!(e.contains("tracing.endpoint"), "{e}");
+}
+
+#[test]
+fn the_cache_reaches_the_runtime_env_only_when_set() {
+    let env = env_map(&build_deployment(&valid("minimal.yaml")));
+    for absent in ["KINFER_CACHE_MAX_ENTRIES", "KINFER_CACHE_MAX_BYTES", "KINFER_CACHE_TTL_SECONDS"] {
+        assert!(!env.contains_key(absent), "{absent} set without spec.cache");
+    }
+    // maxBytes as a plain integer; no TTL: entries stay until evicted.
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.cache = Some(crate::crd::CacheSpec {
+        max_bytes: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("5000000".into())),
+        ..Default::default()
+    });
+    let d = build_deployment(&validate(&isvc, &OperatorConfig::default()).unwrap());
+    assert_eq!(env_value(&d, "KINFER_CACHE_MAX_BYTES").as_deref(), Some("5000000"));
+    assert_eq!(env_value(&d, "KINFER_CACHE_MAX_ENTRIES"), None);
+    assert_eq!(env_value(&d, "KINFER_CACHE_TTL_SECONDS"), None);
 }

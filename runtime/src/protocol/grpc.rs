@@ -41,6 +41,8 @@ pub struct InferRequest {
     pub raw: bool,
     /// Deadline from the request's parameters (`timeout_ms`, or Triton's `timeout` in µs).
     pub timeout_ms: Option<u64>,
+    /// False when the request's `cache` parameter is `bool_param: false` (bypass the cache).
+    pub cache: bool,
 }
 
 /// Decodes and checks a request. `images` converts BYTES elements of the image input (raw
@@ -114,8 +116,13 @@ pub fn decode(
         outputs = (0..info.outputs.len()).collect();
     }
     let timeout_ms = timeout_ms(&req.parameters)?;
+    let cache = match req.parameters.get("cache").and_then(|p| p.parameter_choice.as_ref()) {
+        None => true,
+        Some(ParameterChoice::BoolParam(b)) => *b,
+        Some(other) => return Err(ApiError::invalid(format!("parameters.cache must be a bool_param, got {other:?}"))),
+    };
     let inputs = check_inputs(info, tensors, limits)?;
-    Ok(InferRequest { id: req.id, inputs, outputs, raw, timeout_ms })
+    Ok(InferRequest { id: req.id, inputs, outputs, raw, timeout_ms, cache })
 }
 
 /// The request's own deadline: `timeout_ms` (as on REST) or Triton's `timeout` (microseconds);

@@ -65,6 +65,9 @@ struct RequestParams {
     binary_data_output: Option<bool>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// `false` bypasses the prediction cache; checked by [`crate::cache::parse_json_flag`].
+    #[serde(default)]
+    cache: Option<serde_json::Value>,
 }
 
 /// A decoded inference request.
@@ -77,6 +80,8 @@ pub struct InferRequest {
     pub outputs: Vec<(usize, bool)>,
     /// Client deadline in milliseconds (`parameters.timeout_ms`).
     pub timeout_ms: Option<u64>,
+    /// False when `parameters.cache` is `false` (bypass the prediction cache).
+    pub cache: bool,
 }
 
 /// Decodes a request body. `header_len` is the `Inference-Header-Content-Length` header's value.
@@ -160,6 +165,7 @@ pub fn decode_with_images(
         )));
     }
     let params = req.parameters.unwrap_or_default();
+    let cache = crate::cache::parse_json_flag(params.cache.as_ref())?;
     let binary_default = params.binary_data_output.unwrap_or(false);
     let outputs = match &req.outputs {
         None => (0..info.outputs.len()).map(|i| (i, binary_default)).collect(),
@@ -181,7 +187,7 @@ pub fn decode_with_images(
         None => tensors,
     };
     let inputs = check_inputs(info, tensors, limits)?;
-    Ok(InferRequest { id: req.id, inputs, outputs, timeout_ms: params.timeout_ms })
+    Ok(InferRequest { id: req.id, inputs, outputs, timeout_ms: params.timeout_ms, cache })
 }
 
 #[derive(Serialize)]

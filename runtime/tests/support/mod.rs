@@ -117,6 +117,16 @@ pub fn runtime(model_uri: impl Into<String>) -> RuntimeBuilder {
     RuntimeBuilder { args: vec!["--model-uri".into(), model_uri.into()], envs: vec![], grpc: true }
 }
 
+/// A runtime serving the `KINFER_MODELS` list `models` (a JSON array).
+pub fn runtime_models(models: &serde_json::Value) -> RuntimeBuilder {
+    RuntimeBuilder { args: vec![], envs: vec![("KINFER_MODELS".into(), models.to_string())], grpc: true }
+}
+
+/// A runtime started with no model flag: the test names its models (e.g. `--models-file`).
+pub fn runtime_bare() -> RuntimeBuilder {
+    RuntimeBuilder { args: vec![], envs: vec![], grpc: true }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
 }
