@@ -25,6 +25,41 @@ pub struct OperatorConfig {
     pub concurrency: u16,
     /// Every InferenceService is reconciled again after this long without a change.
     pub resync: Duration,
+    /// Trace settings given to runtime pods whose `spec.tracing` leaves them unset.
+    pub tracing: TracingDefaults,
+}
+
+/// The `OTEL_*` variables of the operator's own environment that runtime pods inherit (the
+/// collector endpoint, protocol and sampler), as `(name, value)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TracingDefaults {
+    pub vars: Vec<(String, String)>,
+}
+
+impl TracingDefaults {
+    /// The variables runtime pods inherit.
+    pub const INHERITED: [&str; 6] = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ];
+
+    /// Reads [`Self::INHERITED`] through `lookup` (empty values are unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let vars = Self::INHERITED
+            .iter()
+            .filter_map(|name| lookup(name).filter(|v| !v.trim().is_empty()).map(|v| (name.to_string(), v)))
+            .collect();
+        Self { vars }
+    }
+
+    /// From the operator's environment.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
 }
 
 impl Default for OperatorConfig {
@@ -34,6 +69,7 @@ impl Default for OperatorConfig {
             cluster_domain: "cluster.local".to_string(),
             concurrency: DEFAULT_CONCURRENCY,
             resync: DEFAULT_RESYNC,
+            tracing: TracingDefaults::default(),
         }
     }
 }

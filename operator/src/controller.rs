@@ -35,7 +35,7 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tracing::{Level, debug, info, warn};
+use tracing::{Instrument, Level, debug, info, warn};
 
 use crate::{
     build::{
@@ -134,7 +134,15 @@ fn key(isvc: &InferenceService) -> String {
 /// Reconciles one InferenceService.
 pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
-    let result = reconcile_inner(&isvc, &ctx).await;
+    let span = crate::telemetry::reconcile(
+        isvc.namespace().as_deref().unwrap_or_default(),
+        &isvc.name_any(),
+        isvc.metadata.generation,
+    );
+    let result = reconcile_inner(&isvc, &ctx).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        crate::telemetry::fail(&span, e);
+    }
     if result.is_ok() {
         ctx.failure_count(&key(&isvc), false);
     }
@@ -275,10 +283,17 @@ async fn patch_status_if_changed(
         "kind": InferenceService::kind(&()),
         "status": new,
     });
+    let name = isvc.name_any();
+    let span =
+        crate::telemetry::apply("InferenceService/status", isvc.namespace().as_deref().unwrap_or_default(), &name);
     isvcs
-        .patch_status(&isvc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .instrument(span.clone())
         .await
-        .map_err(Error::Status)?;
+        .map_err(|e| {
+            crate::telemetry::fail(&span, &e);
+            Error::Status(e)
+        })?;
     Ok(true)
 }
 
@@ -563,7 +578,10 @@ where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map_err(|source| {
+    let span = crate::telemetry::apply(kind_name::<K>(), obj.meta().namespace.as_deref().unwrap_or_default(), &name);
+    let (params, patch) = (PatchParams::apply(FIELD_MANAGER).force(), Patch::Apply(obj));
+    api.patch(&name, &params, &patch).instrument(span.clone()).await.map_err(|source| {
+        crate::telemetry::fail(&span, &source);
         let kind = kind_name::<K>();
         if is_rejection(&source) { Error::Rejected { kind, name, source } } else { Error::Apply { kind, name, source } }
     })

@@ -199,6 +199,11 @@ pub struct InferenceServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeSpec>,
 
+    /// OpenTelemetry traces of the runtime pods (OTLP). Unset fields take the operator's
+    /// defaults (its own `OTEL_*` variables); with no endpoint anywhere no traces are exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+
     /// A candidate model run beside `model` in its own Deployment and Service
     /// (`<name>-canary`): it gets a share of the requests (`mode: split`, A/B with
     /// `stickyHeader`) or a copy of them (`mode: shadow`). The Service and URL stay the same.
@@ -206,6 +211,56 @@ pub struct InferenceServiceSpec {
     /// alone to roll back. Unset: no canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
+}
+
+/// Where the runtime pods send their traces, and how many.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The collector's OTLP endpoint, e.g. `http://otel-collector.observability:4318`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`). Unset: the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.matches('^https?://[^/?#]+')",
+            "message": "tracing.endpoint must be an http:// or https:// URL"
+        }
+    ]))]
+    pub endpoint: Option<String>,
+
+    /// OTLP transport, `grpc` or `http/protobuf` (`OTEL_EXPORTER_OTLP_PROTOCOL`). Unset: the
+    /// operator's default, else `http/protobuf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+
+    /// Fraction of new traces recorded, from 0 to 1; a request whose caller sampled its trace is
+    /// always recorded (`OTEL_TRACES_SAMPLER=parentbased_traceidratio` and
+    /// `OTEL_TRACES_SAMPLER_ARG`). Unset: the operator's default sampler, else every trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: Option<f64>,
+}
+
+/// OTLP transport.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (collector port 4317).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (collector port 4318, path `/v1/traces`).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
 }
 
 /// A candidate model served beside the stable one (see `spec.canary`).
@@ -1139,6 +1194,7 @@ mod tests {
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
             ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-canary-of-models.yaml", "spec.canary needs spec.model"),
             ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
             ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
             ("invalid-empty-models.yaml", "spec.models must list at least one model"),

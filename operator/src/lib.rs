@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod server;
 pub mod status;
+pub mod telemetry;
 pub mod validate;
 
 #[cfg(test)]

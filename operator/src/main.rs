@@ -20,7 +20,7 @@ use kinfer_operator::{
 };
 use kube::{Client, runtime::events::Reporter};
 use tracing::{info, warn};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -103,15 +103,36 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_new(&args.log_level).with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
-    match args.log_format {
-        LogFormat::Json => {
-            tracing_subscriber::registry().with(filter).with(fmt::layer().json().flatten_event(true)).init()
-        }
-        LogFormat::Text => tracing_subscriber::registry().with(filter).with(fmt::layer()).init(),
+    // Traces (OTEL_* variables): off without an endpoint.
+    let traces = kinfer_telemetry::Settings::from_env().map_err(|e| anyhow::anyhow!("invalid trace settings: {e}"))?;
+    let tracing = match &traces {
+        Some(settings) => Some(
+            kinfer_telemetry::Tracing::init(settings, "kinfer-operator", env!("CARGO_PKG_VERSION"))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    // The log never shows the trace spans.
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?
+        .add_directive(format!("{}=off", kinfer_telemetry::TARGET).parse().context("trace target directive")?);
+    let log = match args.log_format {
+        LogFormat::Json => fmt::layer().json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt::layer().boxed(),
+    };
+    tracing_subscriber::registry().with(log.with_filter(filter)).with(tracing.as_ref().map(|t| t.layer())).init();
+    if let Some(s) = &traces {
+        info!(endpoint = %s.endpoint, protocol = ?s.protocol, sampler = ?s.sampler, "traces exported over OTLP");
     }
+    let result = serve(args).await;
+    if let Some(t) = tracing {
+        // Exports the last spans; blocks up to the exporter's timeout.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    result
+}
 
+async fn serve(args: Args) -> anyhow::Result<()> {
     let identity = args
         .identity
         .clone()
@@ -122,6 +143,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         concurrency: args.concurrency,
         resync: std::time::Duration::from_secs(args.resync_seconds),
+        // Runtime pods without spec.tracing inherit the operator's collector and sampler.
+        tracing: kinfer_operator::config::TracingDefaults::from_env(),
     };
     let namespaces: Vec<String> =
         args.namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();

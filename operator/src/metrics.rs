@@ -64,6 +64,8 @@ impl Metrics {
         ] {
             registry.register(m).expect("metric registered once");
         }
+        // kinfer_trace_spans_dropped_total (0 while tracing is off).
+        kinfer_telemetry::register_metrics(&registry).expect("metric registered once");
         Self { registry, reconciliations, failures, duration, managed, children: Mutex::new(BTreeMap::new()) }
     }
 

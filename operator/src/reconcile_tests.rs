@@ -728,6 +728,74 @@ async fn wait_state(state: &Arc<Mutex<FakeState>>, what: &str, f: impl Fn(&FakeS
     panic!("timed out waiting for {what}: {:#?}", state.lock().unwrap().calls);
 }
 
+/// Spans exported by the reconciles of a test, collected in memory.
+#[derive(Debug, Clone, Default)]
+struct Spans(Arc<Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for Spans {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+fn attr(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+}
+
+#[tokio::test]
+async fn a_reconcile_is_one_span_with_a_child_per_apply() {
+    use opentelemetry::trace::{Status, TracerProvider as _};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let spans = Spans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+    let subscriber = tracing_subscriber::registry().with(kinfer_telemetry::layer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let h = Harness::new("autoscaling.yaml");
+    h.reconcile().await.expect("reconcile");
+    h.finish().await;
+    let got = spans.0.lock().unwrap().clone();
+    let reconciles: Vec<_> = got.iter().filter(|s| s.name == "reconcile InferenceService").collect();
+    assert_eq!(reconciles.len(), 1, "{got:?}");
+    let root = reconciles[0];
+    assert_eq!(attr(root, "k8s.namespace.name").as_deref(), Some("ml"));
+    assert_eq!(attr(root, "kinfer.inferenceservice.name").as_deref(), Some("churn"));
+    assert_eq!(attr(root, "kinfer.inferenceservice.generation").as_deref(), Some("1"));
+    assert_eq!(root.status, Status::Unset);
+    let mut applies: Vec<_> = got
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_context.span_id())
+        .map(|s| {
+            assert_eq!(s.span_context.trace_id(), root.span_context.trace_id());
+            assert_eq!(s.span_kind, opentelemetry::trace::SpanKind::Client);
+            assert_eq!(attr(s, "k8s.object.name").as_deref(), Some("churn"));
+            s.name.to_string()
+        })
+        .collect();
+    applies.sort();
+    assert_eq!(
+        applies,
+        [
+            "apply Deployment",
+            "apply HorizontalPodAutoscaler",
+            "apply InferenceService/status",
+            "apply PodDisruptionBudget",
+            "apply Service"
+        ]
+    );
+
+    // A refused spec: the reconcile span is an error naming the problem.
+    spans.0.lock().unwrap().clear();
+    let h = Harness::new("invalid-autoscaling-without-cpu.yaml");
+    h.reconcile().await.unwrap_err();
+    h.finish().await;
+    let got = spans.0.lock().unwrap().clone();
+    let root = got.iter().find(|s| s.name == "reconcile InferenceService").expect("reconcile span");
+    assert!(matches!(&root.status, Status::Error { description } if !description.is_empty()), "{:?}", root.status);
+}
+
 mod canary {
     //! `spec.canary`: the canary's children, the stable pods' routing, status and retirement.
 

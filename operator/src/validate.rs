@@ -45,6 +45,9 @@ pub struct ValidatedService {
     pub threads: Option<i32>,
     /// Runtime image.
     pub image: String,
+    /// The runtime's `OTEL_*` variables (`spec.tracing` over the operator's defaults); empty
+    /// when no collector endpoint is set.
+    pub tracing_env: Vec<(String, String)>,
     /// Whether this is the stable runtime or the canary's.
     pub track: Track,
     /// The canary, when `spec.canary` is set (only on the stable service).
@@ -251,7 +254,9 @@ pub fn validate(isvc: &InferenceService, config: &OperatorConfig) -> Result<Vali
         None => cpu_threads(spec.resources.as_ref())?,
     };
 
+    let tracing_env = tracing_env(spec.tracing.as_ref(), &config.tracing, &name, &namespace)?;
     let mut stable = ValidatedService {
+        tracing_env,
         name: name.clone(),
         namespace,
         generation: isvc.meta().generation,
@@ -374,6 +379,63 @@ fn validate_canary(stable: &ValidatedService) -> Result<Option<Canary>, String> 
 /// An RFC 9110 token character (header names).
 fn is_header_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `spec.tracing` over the operator's inherited `OTEL_*` defaults, checked as the runtime will
+/// check them, plus the service name (the InferenceService's) and its namespace as a resource
+/// attribute. Empty when no endpoint results: the pods then export nothing.
+fn tracing_env(
+    spec: Option<&crate::crd::TracingSpec>,
+    defaults: &crate::config::TracingDefaults,
+    name: &str,
+    namespace: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = defaults.vars.clone();
+    let mut set = |replaces: &[&str], name: &str, value: String| {
+        vars.retain(|(n, _)| !replaces.contains(&n.as_str()));
+        vars.push((name.to_string(), value));
+    };
+    if let Some(t) = spec {
+        if let Some(e) = &t.endpoint {
+            let host = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                return Err(format!("tracing.endpoint {e:?} must be an http:// or https:// URL"));
+            }
+            set(
+                &["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                e.clone(),
+            );
+        }
+        if let Some(p) = t.protocol {
+            set(
+                &["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                p.as_str().to_string(),
+            );
+        }
+        if let Some(r) = t.sampling_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("tracing.samplingRatio {r} must be between 0 and 1"));
+            }
+            set(
+                &["OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"],
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".into(),
+            );
+            set(&[], "OTEL_TRACES_SAMPLER_ARG", r.to_string());
+        }
+    }
+    // The runtime's own check, so a pod never fails to start on settings accepted here.
+    let lookup = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    match kinfer_telemetry::Settings::from_lookup(&lookup) {
+        Ok(None) => return Ok(Vec::new()),
+        Ok(Some(_)) => {}
+        Err(e) => return Err(format!("tracing: {e}")),
+    }
+    vars.push(("OTEL_SERVICE_NAME".into(), name.to_string()));
+    vars.push(("OTEL_RESOURCE_ATTRIBUTES".into(), format!("k8s.namespace.name={namespace}")));
+    Ok(vars)
 }
 
 fn at_least_one(field: &str, v: Option<i64>) -> Result<(), String> {
@@ -808,6 +870,16 @@ mod tests {
         validate(&fixture("full.yaml"), &cfg).unwrap();
         let v = validate(&fixture("minimal.yaml"), &cfg).unwrap();
         assert_eq!((v.scaling, v.model_name.as_str(), v.threads), (Scaling::Fixed(1), "iris", None));
+    }
+
+    #[test]
+    fn a_canary_needs_spec_model_not_a_list() {
+        let mut i = crate::fixtures::fixture("canary.yaml");
+        let mut m = i.spec.model.take().unwrap();
+        m.name = Some("fraud".into());
+        i.spec.models = Some(vec![m]);
+        let err = validate(&i, &OperatorConfig::default()).unwrap_err();
+        assert!(err.contains("spec.canary needs spec.model"), "{err}");
     }
 
     #[test]

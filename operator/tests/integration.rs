@@ -155,6 +155,7 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_the_rule_message()
             ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
             ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
             ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
+            ("invalid-canary-of-models.yaml", "spec.canary needs spec.model"),
             ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
             ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
             ("invalid-empty-models.yaml", "spec.models must list at least one model"),

@@ -405,13 +405,16 @@ impl Canary {
         deadline: Duration,
     ) -> Result<Response, (Fallback, String)> {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut rb = self.http.request(parts.method.clone(), format!("{}{pq}", self.settings.rest_url)).body(body);
+        let mut forwarded = HeaderMap::new();
         for name in FORWARDED_HEADERS {
             for v in parts.headers.get_all(*name) {
-                rb = rb.header(*name, v.clone());
+                forwarded.append(*name, v.clone());
             }
         }
-        rb = rb.header("x-request-id", id);
+        // With tracing on, the canary's span is a child of this request's (not of the caller's).
+        crate::telemetry::inject(&mut forwarded);
+        let mut rb = self.http.request(parts.method.clone(), format!("{}{pq}", self.settings.rest_url)).body(body);
+        rb = rb.headers(forwarded).header("x-request-id", id);
         let exchange = async {
             let r = rb.send().await?;
             let status = r.status();
@@ -472,6 +475,14 @@ impl Canary {
         }
         if let Ok(v) = id.parse() {
             fwd.metadata_mut().insert("x-request-id", v);
+        }
+        // With tracing on, the canary's span is a child of this call's (not of the caller's).
+        let mut trace = HeaderMap::new();
+        crate::telemetry::inject(&mut trace);
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = trace.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+                fwd.metadata_mut().insert(name, v);
+            }
         }
         fwd.set_timeout(wait);
         let mut client = client.clone();

@@ -30,6 +30,7 @@ use crate::{
     error::{ApiError, ErrorCode},
     metrics::ModelHistograms,
     model::{self, ModelInfo},
+    telemetry::RunTiming,
     tensor::{Tensor, TensorData},
 };
 
@@ -45,8 +46,11 @@ struct Job {
     /// Rows along the batch dimension (when the request can be merged with others).
     rows: usize,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<Tensor>, ApiError>>,
+    reply: oneshot::Sender<Reply>,
 }
+
+/// A job's result, and when it ran (for its trace spans).
+type Reply = (Result<Vec<Tensor>, ApiError>, RunTiming);
 
 /// Which requests run inline on the async worker (see the module docs).
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +166,10 @@ impl Engine {
             // A free session, if any; a busy one is never waited for here.
             if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
                 self.hist.queue.observe(0.0);
-                return timed_run(&mut session, &self.info, &self.hist, &inputs, rows).map_err(inference_error);
+                let started = Instant::now();
+                let (out, t) = timed_run(&mut session, &self.info, &self.hist, &inputs, rows, started);
+                crate::telemetry::record_engine(&t.of(started));
+                return out.map_err(inference_error);
             }
         }
         let (reply, rx) = oneshot::channel();
@@ -176,7 +183,9 @@ impl Engine {
                 return Err(ApiError::not_ready("the inference threads have stopped"));
             }
         }
-        rx.await.map_err(|_| ApiError::internal("the inference thread dropped the request"))?
+        let (result, timing) = rx.await.map_err(|_| ApiError::internal("the inference thread dropped the request"))?;
+        crate::telemetry::record_engine(&timing);
+        result
     }
 }
 
@@ -236,18 +245,21 @@ impl Worker {
         }
     }
 
-    fn timed_run(&mut self, inputs: &[Tensor], rows: usize) -> Result<Vec<Tensor>, String> {
+    /// One session run that started at `started`; returns when it ran for the trace spans.
+    fn timed_run(&mut self, inputs: &[Tensor], rows: usize, started: Instant) -> (Result<Vec<Tensor>, String>, Timing) {
         let mut session = lock(&self.sessions[self.index]);
-        timed_run(&mut session, &self.info, &self.hist, inputs, rows)
+        timed_run(&mut session, &self.info, &self.hist, inputs, rows, started)
     }
 
     fn run_one(&mut self, job: Job) {
         if job.reply.is_closed() {
             return; // the client went away while queued
         }
-        self.hist.queue.observe(job.enqueued.elapsed().as_secs_f64());
-        let out = self.timed_run(&job.inputs, job.rows).map_err(inference_error);
-        let _ = job.reply.send(out);
+        let started = Instant::now();
+        self.hist.queue.observe(started.duration_since(job.enqueued).as_secs_f64());
+        let (out, t) = self.timed_run(&job.inputs, job.rows, started);
+        let timing = t.of(job.enqueued);
+        let _ = job.reply.send((out.map_err(inference_error), timing));
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>, rows: usize) {
@@ -261,38 +273,56 @@ impl Worker {
             self.hist.queue.observe(now.duration_since(j.enqueued).as_secs_f64());
         }
         let merged = merge(&jobs, rows);
-        let outputs = self.timed_run(&merged, rows);
+        let (outputs, t) = self.timed_run(&merged, rows, Instant::now());
         let split = outputs.ok().and_then(|outs| split(&outs, &jobs));
         match split {
             Some(parts) => {
                 for (job, part) in jobs.into_iter().zip(parts) {
-                    let _ = job.reply.send(Ok(part));
+                    let timing = t.of(job.enqueued);
+                    let _ = job.reply.send((Ok(part), timing));
                 }
             }
             None => {
                 // Run each on its own: a bad request must not fail its neighbours.
                 for job in jobs {
-                    let out = self.timed_run(&job.inputs, job.rows).map_err(inference_error);
-                    let _ = job.reply.send(out);
+                    let (out, t) = self.timed_run(&job.inputs, job.rows, Instant::now());
+                    let timing = t.of(job.enqueued);
+                    let _ = job.reply.send((out.map_err(inference_error), timing));
                 }
             }
         }
     }
 }
 
-/// One session run, recorded in the inference-time and batch-size histograms.
+/// One session run that started at `started`, recorded in the inference-time and batch-size
+/// histograms; returns when it ran, for the trace spans.
 fn timed_run(
     session: &mut Session,
     info: &ModelInfo,
     hist: &ModelHistograms,
     inputs: &[Tensor],
     rows: usize,
-) -> Result<Vec<Tensor>, String> {
-    let start = Instant::now();
+    started: Instant,
+) -> (Result<Vec<Tensor>, String>, Timing) {
     let out = model::run(session, info, inputs);
-    hist.inference.observe(start.elapsed().as_secs_f64());
+    let finished = Instant::now();
+    hist.inference.observe(finished.duration_since(started).as_secs_f64());
     hist.batch.observe(rows as f64);
-    out
+    (out, Timing { started, finished, batch_size: rows })
+}
+
+/// When a session run happened (the timestamps the histograms already take).
+#[derive(Clone, Copy)]
+struct Timing {
+    started: Instant,
+    finished: Instant,
+    batch_size: usize,
+}
+
+impl Timing {
+    fn of(self, enqueued: Instant) -> RunTiming {
+        RunTiming { enqueued, started: self.started, finished: self.finished, batch_size: self.batch_size }
+    }
 }
 
 /// The median time of `runs` session runs of `inputs` (at least one), for [`InlinePolicy`].

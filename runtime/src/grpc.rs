@@ -30,6 +30,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_server::HealthServer,
 };
+use tracing::Instrument;
 
 use crate::{
     error::{ApiError, ErrorCode},
@@ -419,16 +420,19 @@ impl Inference {
             deadline = c.deadline;
         }
         let pipeline = engine.image.pipeline.clone();
-        let req = match pipeline {
-            None => codec::decode(msg, &engine.info, st.limits, None)?,
-            Some(p) => {
-                // Image decoding is CPU work: off the async workers, as on REST.
-                let (info, limits) = (engine.info.clone(), st.limits);
-                tokio::task::spawn_blocking(move || codec::decode(msg, &info, limits, Some(&p)))
-                    .await
-                    .map_err(|_| ApiError::internal("the image decoding task failed"))??
+        let decode = async {
+            match pipeline {
+                None => codec::decode(msg, &engine.info, st.limits, None),
+                Some(p) => {
+                    // Image decoding is CPU work: off the async workers, as on REST.
+                    let (info, limits) = (engine.info.clone(), st.limits);
+                    tokio::task::spawn_blocking(move || codec::decode(msg, &info, limits, Some(&p)))
+                        .await
+                        .map_err(|_| ApiError::internal("the image decoding task failed"))?
+                }
             }
         };
+        let req = decode.instrument(crate::telemetry::stage("decode")).await?;
         // The shortest of grpc-timeout (what is left of it), the request's parameters and the
         // server's limit (applied by `infer`).
         let left_ms = deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
@@ -439,7 +443,8 @@ impl Inference {
         // Sampled for the request log: `infer` hands inputs and outputs to `call_context`.
         let cache = crate::cache::Use { outputs: &req.outputs, enabled: req.cache };
         let done = crate::server::infer(st, &engine, req.inputs, timeout_ms, cache).await?;
-        let mut resp = codec::encode(&engine.info, req.id, &done.outputs, &req.outputs, req.raw);
+        let mut resp = crate::telemetry::stage("encode")
+            .in_scope(|| codec::encode(&engine.info, req.id, &done.outputs, &req.outputs, req.raw));
         if let Some(status) = done.cache {
             let value = pb::InferParameter {
                 parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(status.as_str().into())),
@@ -579,6 +584,7 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let id_from_header = header_id.is_some();
     let id = header_id.unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
     let is_infer = path == INFER_PATH;
+    let trace = crate::telemetry::RequestTrace::grpc(&req);
 
     let timeout = grpc_timeout(req.headers());
     let deadline = timeout.as_ref().ok().copied().flatten().map(|d| start + d);
@@ -647,9 +653,12 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
         }
         Ok(_permit) => {
             req.extensions_mut().insert(call.clone());
+            let span = trace.span().clone();
             match (&st.log, is_infer) {
-                (Some(_), true) => REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).await,
-                _ => next.run(req).await,
+                (Some(_), true) => {
+                    REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).instrument(span).await
+                }
+                _ => next.run(req).instrument(span).await,
             }
         }
     };
@@ -702,7 +711,9 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let elapsed = start.elapsed();
     let message =
         error.as_ref().map(|e| e.message.clone()).or_else(|| status.as_ref().map(|s| s.message().to_string()));
+    trace.finish_grpc(code, &model, &version, &id);
     if is_infer {
+        let _in_request = trace.span().enter();
         crate::server::log_request(
             &st,
             &logged,
@@ -722,16 +733,18 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
     let protocol = if is_infer { "grpc" } else { "-" };
     let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let grpc_code = format!("{code:?}");
+    let trace_id = trace.trace_id();
+    let trace_id = trace_id.as_deref();
     match (&message, error.as_ref().map(|e| e.code)) {
         (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            version, protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            version, protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
         (Some(m), _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            version, protocol, status = http, grpc_code, latency_us, error = %m, "request"),
+            version, protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
         (None, _) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            version, protocol, status = http, grpc_code, latency_us, "request"),
+            version, protocol, status = http, grpc_code, latency_us, trace_id, "request"),
     }
     resp
 }

@@ -25,6 +25,7 @@ pub mod requestlog;
 pub mod server;
 pub mod shadow;
 pub mod store;
+pub mod telemetry;
 pub mod tensor;
 
 use std::{sync::Arc, time::Duration};

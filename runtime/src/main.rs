@@ -19,15 +19,23 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logging(format: LogFormat) {
+/// The log output (stdout), and the trace exporter's layer when tracing is on. The log never
+/// shows the trace spans (their target is filtered out of it).
+fn init_logging(format: LogFormat, tracing: Option<&kinfer_telemetry::Tracing>) {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_env("KINFER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let filter = match format!("{}=off", kinfer_telemetry::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(tracing.map(|t| t.layer())).init();
 }
 
 /// Logs the fatal error, writes it to the termination log, and exits 1.
@@ -40,18 +48,40 @@ fn die(cfg: &Config, e: &Fatal) -> ! {
 
 fn main() {
     let cfg = Config::parse();
-    init_logging(cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => die(&cfg, &Fatal(format!("cannot start the async runtime: {e}"))),
+    };
+    // Traces (OTEL_* variables): the exporter's gRPC channel lives on the runtime.
+    let tracing = match kinfer_telemetry::Settings::from_env() {
+        Ok(None) => Ok(None),
+        Ok(Some(settings)) => {
+            let _rt = rt.enter();
+            kinfer_telemetry::Tracing::init(&settings, &cfg.served_name(), env!("CARGO_PKG_VERSION"))
+                .map(|t| Some((t, settings)))
+        }
+        Err(e) => Err(e),
+    };
+    init_logging(cfg.log_format, tracing.as_ref().ok().and_then(|t| t.as_ref().map(|(t, _)| t)));
+    let tracing = match tracing {
+        Ok(Some((t, settings))) => {
+            tracing::info!(endpoint = %settings.endpoint, protocol = ?settings.protocol, sampler = ?settings.sampler, "traces exported over OTLP");
+            Some(t)
+        }
+        Ok(None) => None,
+        Err(e) => die(&cfg, &Fatal(format!("invalid trace settings: {e}"))),
+    };
     // The library is checked before anything else: a missing one is one clear line.
     let env = match model::init_onnxruntime() {
         Ok(env) => Arc::new(env),
         Err(e) => die(&cfg, &Fatal(e.to_string())),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => die(&cfg, &Fatal(format!("cannot start the async runtime: {e}"))),
-    };
     if let Err(e) = rt.block_on(run(cfg.clone(), env)) {
         die(&cfg, &e);
+    }
+    // The spans of the last requests.
+    if let Some(t) = tracing {
+        t.shutdown();
     }
 }
 

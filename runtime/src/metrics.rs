@@ -94,6 +94,8 @@ impl Metrics {
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_accepted.clone()))?;
         registry.register(Box::new(connections_shed.clone()))?;
+        // kinfer_trace_spans_dropped_total (0 while tracing is off).
+        kinfer_telemetry::register_metrics(&registry)?;
         registry.register(Box::new(requests_rejected.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;

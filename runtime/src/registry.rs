@@ -243,6 +243,9 @@ struct Entry {
     state: State,
     /// The last failed load's message.
     reason: Option<String>,
+    /// Listed at start and not loaded yet: the server is not ready until it is. A load through
+    /// model control never takes the server out of readiness.
+    gates_readiness: bool,
 }
 
 /// One row of `POST /v2/repository/index`.
@@ -279,7 +282,13 @@ impl Registry {
         for spec in specs {
             entries
                 .entry(spec.name.clone())
-                .or_insert_with(|| Entry { specs: vec![], served: vec![], state: State::Loading, reason: None })
+                .or_insert_with(|| Entry {
+                    specs: vec![],
+                    served: vec![],
+                    state: State::Loading,
+                    reason: None,
+                    gates_readiness: true,
+                })
                 .specs
                 .push(spec);
         }
@@ -356,7 +365,8 @@ impl Registry {
         }
     }
 
-    /// The model of a request that names none (`/predict`): the only one, else `requested`.
+    /// The model of a `/predict` request: the one its `model` parameter names, else the only one
+    /// served (several and none named: an error listing them).
     pub fn pick(&self, requested: Option<&str>) -> Result<String, ApiError> {
         if let Some(name) = requested {
             return Ok(name.to_string());
@@ -398,18 +408,14 @@ impl Registry {
         Some((name.clone(), version))
     }
 
-    /// Ready when every model that is not unloaded serves (and at least one does).
+    /// Ready when every model listed at start has loaded and at least one model serves. Models
+    /// unloaded, or being loaded through model control, do not take the server out of readiness.
     pub fn all_ready(&self) -> bool {
         let map = self.read();
-        let mut any = false;
-        for e in map.values() {
-            match e.state {
-                State::Unloaded => {}
-                State::Loading => return false,
-                State::Ready => any |= !e.served.is_empty(),
-            }
+        if map.values().any(|e| e.gates_readiness) {
+            return false;
         }
-        any
+        map.values().any(|e| !e.served.is_empty())
     }
 
     /// Models still loading, for the readiness message.
@@ -479,6 +485,7 @@ impl Registry {
             served: vec![],
             state: State::Loading,
             reason: None,
+            gates_readiness: false,
         });
         let old = if add { vec![] } else { std::mem::take(&mut entry.served) };
         if !add {
@@ -493,6 +500,7 @@ impl Registry {
         if all_loaded {
             entry.state = State::Ready;
             entry.reason = None;
+            entry.gates_readiness = false;
         }
         for o in &old {
             if !entry.served.iter().any(|s| s.spec.version == o.spec.version) {
@@ -547,6 +555,7 @@ impl Registry {
                 served: vec![],
                 state: State::Loading,
                 reason: None,
+                gates_readiness: false,
             });
             let before = (created, entry.state, entry.specs.clone());
             if entry.served.is_empty() {
@@ -688,5 +697,7 @@ mod tests {
         assert!(n.message.contains("not found") && n.message.contains("\"uri\""), "{}", n.message);
         on.unload("iris").await.unwrap();
         assert!(on.get("iris", None).err().unwrap().message.contains("unloaded"));
+        // tabular was listed at start and never loaded: not ready.
+        assert!(!on.all_ready());
     }
 }

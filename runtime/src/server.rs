@@ -23,6 +23,8 @@ use axum::{
     routing::{get, post},
 };
 
+use tracing::Instrument;
+
 use crate::{
     engine::Engine,
     error::{ApiError, ErrorCode},
@@ -87,6 +89,7 @@ pub(crate) fn log_request(st: &AppState, logged: &LoggedIo, outcome: RequestOutc
         Some((i, o)) => (Some(i.into_iter().map(Into::into).collect()), Some(o.into_iter().map(Into::into).collect())),
         None => (None, None),
     };
+    let _enqueue = crate::telemetry::stage("request_log.enqueue").entered();
     log.submit(crate::requestlog::Record {
         request_id: outcome.id.to_string(),
         time: time::OffsetDateTime::now_utc(),
@@ -374,11 +377,14 @@ pub(crate) async fn v2_infer(
         ),
         None => None,
     };
-    let req = crate::image::decode_v2(Some(&engine.image), body, header_len, &engine.info, st.limits).await?;
+    let req = crate::image::decode_v2(Some(&engine.image), body, header_len, &engine.info, st.limits)
+        .instrument(crate::telemetry::stage("decode"))
+        .await?;
     let selected: Vec<usize> = req.outputs.iter().map(|(i, _)| *i).collect();
     let cache = crate::cache::Use { outputs: &selected, enabled: req.cache };
     let done = infer(&st, &engine, req.inputs, req.timeout_ms, cache).await?;
-    let enc = v2::encode(&engine.info, req.id.as_deref(), &done.outputs, &req.outputs);
+    let enc = crate::telemetry::stage("encode")
+        .in_scope(|| v2::encode(&engine.info, req.id.as_deref(), &done.outputs, &req.outputs));
     let mut resp = match enc.header_len {
         None => json(StatusCode::OK, enc.body),
         Some(n) => {
@@ -439,13 +445,13 @@ pub(crate) async fn v1_predict(
     }
     let engine = st.engine(model, None)?;
     let body = body_bytes(body, st.max_body_bytes)?;
-    let inputs = v1::decode(&body, &engine.info, st.limits)?;
+    let inputs = crate::telemetry::stage("decode").in_scope(|| v1::decode(&body, &engine.info, st.limits))?;
     let n = rows_of(&inputs);
     let q = query_params(query)?;
     let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
     let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
     let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
-    let mut resp = json(StatusCode::OK, v1::encode_v1(&done.outputs, n));
+    let mut resp = json(StatusCode::OK, crate::telemetry::stage("encode").in_scope(|| v1::encode_v1(&done.outputs, n)));
     mark_cache(&mut resp, done.cache);
     Ok(resp)
 }
@@ -467,19 +473,24 @@ pub(crate) async fn predict(
         return Err(ApiError::invalid(format!("threshold must be between 0 and 1, got {t}")));
     }
     // multipart/form-data: JPEG/PNG uploads for image models (one file = one row).
-    let (inputs, files) = match crate::image::multipart_boundary(&headers) {
-        Some(boundary) => {
-            let (inputs, files) =
-                crate::image::predict_inputs(Some(&engine.image), &engine.info, body, &boundary?, st.limits).await?;
-            (inputs, Some(files))
-        }
-        None => (v1::decode(&body, &engine.info, st.limits)?, None),
+    let decode = async {
+        Ok::<_, ApiError>(match crate::image::multipart_boundary(&headers) {
+            Some(boundary) => {
+                let (inputs, files) =
+                    crate::image::predict_inputs(Some(&engine.image), &engine.info, body, &boundary?, st.limits)
+                        .await?;
+                (inputs, Some(files))
+            }
+            None => (v1::decode(&body, &engine.info, st.limits)?, None),
+        })
     };
+    let (inputs, files) = decode.instrument(crate::telemetry::stage("decode")).await?;
     let n = rows_of(&inputs);
     let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
     let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
     let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
     let outputs = done.outputs.as_slice();
+    let _encode = crate::telemetry::stage("encode").entered();
     let image_body = match q.threshold {
         None => crate::image::encode_predict(Some(&engine.image), &engine.info, outputs, n, files.as_deref()),
         Some(_) => None,
@@ -544,6 +555,7 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     let method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let protocol = matched.as_deref().and_then(protocol_of);
+    let trace = crate::telemetry::RequestTrace::http(&req, matched.as_deref());
     req.extensions_mut().insert(RequestId(id.clone()));
     if protocol.is_some() {
         st.metrics.in_flight.inc();
@@ -552,8 +564,10 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     let model_in_path = protocol.and_then(|_| model_of_request(&st, req.uri()));
     let logged = Arc::new(std::sync::Mutex::new(None));
     let mut resp = match (&st.log, protocol) {
-        (Some(_), Some(_)) => REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).await,
-        _ => next.run(req).await,
+        (Some(_), Some(_)) => {
+            REQUEST.scope(RequestCtx { logged: logged.clone() }, next.run(req)).instrument(trace.span().clone()).await
+        }
+        _ => next.run(req).instrument(trace.span().clone()).await,
     };
 
     let status = resp.status();
@@ -597,7 +611,9 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
         st.metrics.requests.with_label_values(&[model, version, protocol, &code]).inc();
         st.metrics.request_duration.with_label_values(&[model, version, protocol]).observe(elapsed.as_secs_f64());
     }
+    trace.finish_http(resp.status().as_u16(), &model, &version, &id);
     if let Some(protocol) = protocol {
+        let _in_request = trace.span().enter();
         log_request(
             &st,
             &logged,
@@ -616,18 +632,20 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     let latency_us = elapsed.as_micros() as u64;
     // The version that answered (a canary's, when it did).
     let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let trace_id = trace.trace_id();
+    let trace_id = trace_id.as_deref();
     match &err {
         Some(e) if e.code == ErrorCode::Internal => tracing::error!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             code = e.code.as_str(), error = %e.message, "request"),
         Some(e) => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             code = e.code.as_str(), error = %e.message, "request"),
         None => tracing::info!(
             target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us,
+            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
             "request"),
     }
     resp

@@ -131,11 +131,15 @@ const COPIED_HEADERS: &[&str] = &["authorization", "x-api-key", "traceparent", "
 
 impl ShadowCtx {
     /// The copied headers of `get` (an HTTP header map or gRPC metadata).
+    /// With tracing on, the trace headers name the current request's span (the copy continues
+    /// its trace) instead of the caller's.
     pub fn headers<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Vec<(HeaderName, HeaderValue)> {
-        COPIED_HEADERS
+        let mut headers: Vec<(HeaderName, HeaderValue)> = COPIED_HEADERS
             .iter()
             .filter_map(|n| Some((HeaderName::from_static(n), HeaderValue::from_bytes(get(n)?).ok()?)))
-            .collect()
+            .collect();
+        crate::telemetry::inject_pairs(&mut headers);
+        headers
     }
 }
 

@@ -98,9 +98,10 @@ async fn two_models_are_served_together_on_every_protocol() {
     // Open Inference Protocol v2, with and without the version in the path.
     for (model, version) in [("iris", "1"), ("tabular", "3")] {
         for path in [format!("/v2/models/{model}/infer"), format!("/v2/models/{model}/versions/{version}/infer")] {
-            let (s, body, _) = rt.post_json(&path, &v2_request(model)).await;
+            let (s, body, headers) = rt.post_json(&path, &v2_request(model)).await;
             assert_eq!(s, 200, "{path}: {body}");
             assert_eq!((body["model_name"].as_str(), body["model_version"].as_str()), (Some(model), Some(version)));
+            assert_eq!(headers["x-kinfer-model-version"], version, "{path}");
             check_v2(model, &body);
         }
         let (s, meta) = rt.get_json(&format!("/v2/models/{model}/versions/{version}")).await;
@@ -362,6 +363,30 @@ async fn load_replace_and_unload_under_concurrent_load_without_a_failed_request(
     let (s, body, _) = rt.post_json("/v2/models/mlp/infer", &v2_request("mlp")).await;
     assert_eq!(s, 200, "{body}");
     check_v2("mlp", &body);
+    // A model that takes a while to download: LOADING in the index meanwhile, and the server
+    // stays ready (only the models listed at start hold readiness back).
+    let url = slow_http(std::fs::read(model_path("iris")).unwrap(), Duration::from_millis(1500), "200 OK").await;
+    let base = rt.base.clone();
+    let slow = tokio::spawn(async move {
+        let params = json!({"parameters": {"uri": url, "version": "5"}});
+        client().post(format!("{base}/v2/repository/models/flowers/load")).json(&params).send().await.unwrap().status()
+    });
+    let start = Instant::now();
+    loop {
+        let (_, index, _) = rt.post_json("/v2/repository/index", &json!({})).await;
+        if index.as_array().unwrap().iter().any(|r| r["name"] == "flowers" && r["state"] == "LOADING") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no LOADING row: {index}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rt.get_json("/v2/health/ready").await.0, 200);
+    let (s, body, _) = rt.post_json("/v2/models/flowers/infer", &v2_request("iris")).await;
+    assert_eq!((s, body["code"].as_str()), (503, Some("MODEL_NOT_READY")), "{body}");
+    assert_eq!(slow.await.unwrap(), 200);
+    let (s, body, _) = rt.post_json("/v2/models/flowers/versions/5/infer", &v2_request("iris")).await;
+    assert_eq!(s, 200, "{body}");
+
     let (s, body, _) = rt.post_json("/v2/repository/models/other/load", &json!({"parameters": {"config": "{}"}})).await;
     assert_eq!(s, 400);
     assert!(body["error"].as_str().unwrap().contains("'config' is not supported"), "{body}");
@@ -464,6 +489,12 @@ async fn a_bad_model_list_or_a_failing_model_ends_the_process_naming_it() {
     let (code, _, err) = rt.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, 1);
     assert!(err.contains("are both set"), "{err}");
+
+    // A canary replaces one model: not a list of them.
+    let mut rt = runtime_models(&two_models()).env("KINFER_CANARY_URL", "http://127.0.0.1:9").spawn();
+    let (code, _, err) = rt.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("KINFER_CANARY_URL routes one model to its canary"), "{err}");
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ NON_DEFAULT = {
     "logLevel": "debug",
     "logFormat": "text",
     "concurrency": 64,
+    "tracing": {"endpoint": "http://otel-collector.observability:4317", "protocol": "grpc", "samplingRatio": 0.25},
     "resources": {"requests": {"cpu": "200m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     "nodeSelector": {"kubernetes.io/os": "linux", "pool": "system"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],
@@ -166,6 +167,7 @@ def test_operator_deployment_defaults(render):
     assert env["KINFER_LEASE_NAME"]["value"] == "kinfer-kinfer-operator"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert not [n for n in env if n.startswith("OTEL_")], "no traces without tracing.endpoint"
     assert pod["serviceAccountName"] == one(render(), "ServiceAccount")["metadata"]["name"]
     assert c["ports"] == [{"name": "http-metrics", "containerPort": 8081, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
@@ -234,6 +236,10 @@ def test_non_default_values_reach_the_deployment(render):
     assert env["KINFER_LOG_LEVEL"]["value"] == "debug"
     assert env["KINFER_LOG_FORMAT"]["value"] == "text"
     assert env["KINFER_CONCURRENCY"]["value"] == "64"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4317"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "grpc"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
     assert c["resources"] == NON_DEFAULT["resources"]
     assert pod["nodeSelector"] == NON_DEFAULT["nodeSelector"]
     assert pod["tolerations"] == NON_DEFAULT["tolerations"]
@@ -292,6 +298,9 @@ def test_notes_tell_the_user_what_to_do_next(chart):
         {"imagTypo": {}},
         {"metrics": {"serviceMonitor": {"interval": "soon"}}},
         {"commonLabels": {"n": 1}},
+        {"tracing": {"endpoint": "otel-collector:4317"}},
+        {"tracing": {"protocol": "http/json"}},
+        {"tracing": {"samplingRatio": 2}},
     ],
     ids=lambda v: next(iter(v)),
 )

@@ -25,6 +25,14 @@ def isvcs():
     return [(p.name, d) for p in EXAMPLES for d in docs(p) if d["kind"] == "InferenceService"]
 
 
+def models_of(spec):
+    """Every model an InferenceService names: `model` or each of `models`, and a canary's."""
+    found = [spec["model"]] if "model" in spec else list(spec.get("models", []))
+    if "model" in spec.get("canary", {}):
+        found.append(spec["canary"]["model"])
+    return found
+
+
 def to_jsonschema(node):
     """OpenAPI v3 (as in a CRD) to JSON Schema: `nullable` becomes a null type, the
     Kubernetes extensions are dropped."""
@@ -68,7 +76,7 @@ def test_example_validates_against_the_crd_schema(crd_schema, name, obj):
 def test_schema_check_is_not_vacuous(crd_schema):
     bad = copy.deepcopy(isvcs()[0][1])
     bad["spec"]["replicas"] = "two"
-    bad["spec"]["model"]["sha256"] = "not-a-digest"
+    models_of(bad["spec"])[0]["sha256"] = "not-a-digest"
     assert len(list(jsonschema.Draft7Validator(crd_schema).iter_errors(bad))) >= 2
 
 
@@ -76,8 +84,12 @@ def test_examples_follow_the_cel_rules_too():
     for name, o in isvcs():
         spec = o["spec"]
         assert not ("replicas" in spec and "autoscaling" in spec), name
-        uri = spec["model"]["uri"]
-        assert re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^/].*$", uri), (name, uri)
+        assert ("model" in spec) != ("models" in spec), f"{name}: set spec.model or spec.models"
+        names = [m.get("name", name) for m in spec.get("models", [])]
+        assert len(names) == len(set(names)), f"{name}: spec.models names must be unique"
+        for m in models_of(spec):
+            uri = m["uri"]
+            assert re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^/].*$", uri), (name, uri)
         if "autoscaling" in spec:
             a = spec["autoscaling"]
             assert a.get("minReplicas", 1) <= a["maxReplicas"], name
@@ -87,9 +99,10 @@ def test_examples_follow_the_cel_rules_too():
 def test_every_secret_an_example_references_is_defined_in_examples():
     secrets = {d["metadata"]["name"] for p in EXAMPLES for d in docs(p) if d["kind"] == "Secret"}
     for name, o in isvcs():
-        ref = o["spec"]["model"].get("storage", {}).get("secretRef")
-        if ref:
-            assert ref["name"] in secrets, f"{name} references Secret {ref['name']}"
+        for m in models_of(o["spec"]):
+            ref = m.get("storage", {}).get("secretRef")
+            if ref:
+                assert ref["name"] in secrets, f"{name} references Secret {ref['name']}"
 
 
 def test_examples_use_models_the_upload_job_puts_in_the_store():
@@ -97,7 +110,8 @@ def test_examples_use_models_the_upload_job_puts_in_the_store():
     script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
     uploaded = set(re.findall(r"(s3://\S+)", script))
     for name, o in isvcs():
-        assert o["spec"]["model"]["uri"] in uploaded, f"{name}: {o['spec']['model']['uri']} is not uploaded"
+        for m in models_of(o["spec"]):
+            assert m["uri"] in uploaded, f"{name}: {m['uri']} is not uploaded"
         log = o["spec"].get("logging", {}).get("uri")
         if log:
             bucket = log.split("/")[2]
@@ -115,7 +129,8 @@ def test_example_credentials_match_the_demo_store():
     svc = store["Service/s3"]
     endpoint = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{svc['spec']['ports'][0]['port']}"
     for name, o in isvcs():
-        assert o["spec"]["model"]["storage"]["endpoint"] == endpoint, name
+        for m in models_of(o["spec"]):
+            assert m["storage"]["endpoint"] == endpoint, name
 
 
 @pytest.mark.parametrize("path", KIND_MANIFESTS, ids=[p.name for p in KIND_MANIFESTS])

@@ -281,6 +281,7 @@ fn env(isvc: &ValidatedService, extra: Vec<EnvVar>) -> Vec<EnvVar> {
             env.push(value("KINFER_RATE_LIMIT_BURST", &b.to_string()));
         }
     }
+    env.extend(isvc.tracing_env.iter().map(|(n, v)| value(n, v)));
     if let Some(i) = &spec.image {
         env.push(value("KINFER_IMAGE_PREPROCESS", &i.preprocess));
         if let Some(k) = i.top_k {

@@ -532,6 +532,104 @@ fn the_secured_example_builds_auth_cors_and_limits() {
     }
 }
 
+fn otel_env(d: &Deployment) -> BTreeMap<String, String> {
+    env_map(d)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("OTEL_"))
+        .map(|(n, e)| (n, e.value.unwrap_or_default()))
+        .collect()
+}
+
+fn with_defaults(vars: &[(&str, &str)]) -> OperatorConfig {
+    let vars: BTreeMap<&str, &str> = vars.iter().copied().collect();
+    OperatorConfig {
+        tracing: crate::config::TracingDefaults::from_lookup(|n| vars.get(n).map(|v| v.to_string())),
+        ..OperatorConfig::default()
+    }
+}
+
+#[test]
+fn no_collector_anywhere_means_no_otel_variables() {
+    assert!(otel_env(&build_deployment(&valid("minimal.yaml"))).is_empty());
+    // A sampler alone does not turn tracing on.
+    let cfg = with_defaults(&[("OTEL_TRACES_SAMPLER", "always_on")]);
+    assert!(otel_env(&build_deployment(&validate(&fixture("minimal.yaml"), &cfg).unwrap())).is_empty());
+}
+
+#[test]
+fn runtime_pods_inherit_the_operators_collector_and_name_themselves() {
+    let cfg = with_defaults(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector.observability:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ("OTEL_SERVICE_NAME", "kinfer-operator"),
+    ]);
+    let isvc = fixture("minimal.yaml");
+    let v = validate(&isvc, &cfg).unwrap();
+    let env = otel_env(&build_deployment(&v));
+    let ns = v.namespace.clone();
+    let want: BTreeMap<String, String> = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector.observability:4317".to_string()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_string()),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1".to_string()),
+        // The operator's own service name is not inherited: the pods are the InferenceService.
+        ("OTEL_SERVICE_NAME", v.name.clone()),
+        ("OTEL_RESOURCE_ATTRIBUTES", format!("k8s.namespace.name={ns}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(env, want);
+}
+
+#[test]
+fn spec_tracing_overrides_the_operators_defaults() {
+    let cfg = with_defaults(&[
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://default:4318/v1/traces"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ]);
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.tracing = Some(crate::crd::TracingSpec {
+        endpoint: Some("http://team-collector.ml:4317".into()),
+        protocol: Some(crate::crd::OtlpProtocol::Grpc),
+        sampling_ratio: Some(0.25),
+    });
+    let env = otel_env(&build_deployment(&validate(&isvc, &cfg).unwrap()));
+    assert_eq!(env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str), Some("http://team-collector.ml:4317"));
+    assert!(!env.contains_key("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), "the default would win over the spec: {env:?}");
+    assert!(!env.contains_key("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "{env:?}");
+    assert_eq!(env.get("OTEL_EXPORTER_OTLP_PROTOCOL").map(String::as_str), Some("grpc"));
+    assert_eq!(env.get("OTEL_TRACES_SAMPLER").map(String::as_str), Some("parentbased_traceidratio"));
+    assert_eq!(env.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str), Some("0.25"));
+
+    // Only the ratio: the operator's collector, the spec's sampler.
+    isvc.spec.tracing = Some(crate::crd::TracingSpec { sampling_ratio: Some(0.5), ..Default::default() });
+    let env = otel_env(&build_deployment(&validate(&isvc, &cfg).unwrap()));
+    assert_eq!(
+        env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(String::as_str),
+        Some("http://default:4318/v1/traces")
+    );
+    assert_eq!(env.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str), Some("0.5"));
+}
+
+#[test]
+fn tracing_settings_the_runtime_would_refuse_are_refused_here() {
+    let mut isvc = fixture("minimal.yaml");
+    isvc.spec.tracing = Some(crate::crd::TracingSpec {
+        endpoint: Some("https://collector:4317".into()),
+        protocol: Some(crate::crd::OtlpProtocol::Grpc),
+        sampling_ratio: None,
+    });
+    let e = validate(&isvc, &OperatorConfig::default()).unwrap_err();
+    assert!(e.starts_with("tracing: ") && e.contains("TLS"), "{e}");
+    isvc.spec.tracing = Some(crate::crd::TracingSpec { endpoint: Some("collector:4317".into()), ..Default::default() });
+    let e = validate(&isvc, &OperatorConfig::default()).unwrap_err();
+    assert!(e.contains("tracing.endpoint"), "{e}");
+}
+
 #[test]
 fn the_cache_reaches_the_runtime_env_only_when_set() {
     let env = env_map(&build_deployment(&valid("minimal.yaml")));
