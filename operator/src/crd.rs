@@ -1169,6 +1169,8 @@ mod tests {
         serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cel_refusals.rs"));
+
     /// The CEL rules evaluated client-side (kube-cel, with schema defaults applied first, as
     /// the API server does): the valid fixtures pass, which also proves every rule on their
     /// path compiles; the invalid ones fail with the rule's message.
@@ -1181,27 +1183,7 @@ mod tests {
                 panic!("{ok} refused: {e}");
             }
         }
-        for (file, message) in [
-            (
-                "invalid-min-above-max.yaml",
-                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
-            ),
-            ("invalid-replicas-and-autoscaling.yaml", "set either spec.replicas or spec.autoscaling, not both"),
-            ("invalid-uri-scheme.yaml", "model.uri must start with s3://, http:// or https://"),
-            ("invalid-cache-max-bytes.yaml", "cache.maxBytes must be a positive whole number of bytes"),
-            ("invalid-cache-without-maximum.yaml", "cache needs maxEntries or maxBytes"),
-            ("invalid-canary-without-model.yaml", "spec.canary.model is required"),
-            ("invalid-canary-percent.yaml", "spec.canary.trafficPercent must be between 0 and 100"),
-            ("invalid-canary-shadow-percent.yaml", "spec.canary.trafficPercent does not apply to mode: shadow"),
-            ("invalid-canary-identical.yaml", "spec.canary.model must differ from spec.model"),
-            ("invalid-canary-of-models.yaml", "spec.canary needs spec.model"),
-            ("invalid-model-and-models.yaml", "set either spec.model (one model) or spec.models (several), not both"),
-            ("invalid-no-model.yaml", "set spec.model (one model) or spec.models (several models in one Deployment)"),
-            ("invalid-empty-models.yaml", "spec.models must list at least one model"),
-            ("invalid-duplicate-model-names.yaml", "spec.models names must be unique"),
-            ("invalid-unnamed-model.yaml", "every entry of spec.models needs a name"),
-            ("invalid-models-storage.yaml", "every entry of spec.models must have the same storage"),
-        ] {
+        for &(file, message) in CEL_REFUSALS {
             let err = validator.validate(&schema, &fixture_value(file), None).expect_err(file).to_string();
             assert!(err.contains(message), "{file}: {err}");
         }
