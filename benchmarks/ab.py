@@ -3,7 +3,8 @@
 
 usage: benchmarks/ab.py BEFORE_BIN AFTER_BIN [model]; env: REPEAT (3), DURATION (5), CONNS (1,32),
 CASES (protocol:rows list, default predict:1; protocols predict, v1, v2, v2bin), ARGS (extra
-runtime flags for both, space-separated), ARGS_BEFORE / ARGS_AFTER (for one side only).
+runtime flags for both, space-separated), ARGS_BEFORE / ARGS_AFTER (for one side only), ENV_BEFORE /
+ENV_AFTER (space-separated NAME=VALUE environment for one side only).
 Both servers are up at once (defaults, access log on) and the runs alternate between them, the
 order flipping every repeat. Needs wrk on PATH and ORT_DYLIB_PATH.
 Prints per run and the medians: requests/s, p50/p99 (us), server CPU us per request (utime +
@@ -54,9 +55,10 @@ bodies = {case: body_for(*case) for case in CASES}
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
-def start(binary, extra):
+def start(binary, extra, side_env=""):
     port = free_port()
     env = dict(os.environ, KINFER_LOG=os.environ.get("KINFER_LOG", "info"))
+    env.update(kv.split("=", 1) for kv in side_env.split() if "=" in kv)
     p = subprocess.Popen([binary, "--model-uri", str(ROOT / "examples/models" / model / "model.onnx"), "--model-name", model,
                           "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
                           "--cache-dir", f"/tmp/ab-cache-{port}", *extra],
@@ -83,8 +85,8 @@ def wrk(port, conns, case, seconds=None):
     return json.loads(line[len("BENCH_JSON "):])
 
 common = os.environ.get("ARGS", "").split()
-servers = {"before": start(before, common + os.environ.get("ARGS_BEFORE", "").split()),
-           "after": start(after, common + os.environ.get("ARGS_AFTER", "").split())}
+servers = {"before": start(before, common + os.environ.get("ARGS_BEFORE", "").split(), os.environ.get("ENV_BEFORE", "")),
+           "after": start(after, common + os.environ.get("ARGS_AFTER", "").split(), os.environ.get("ENV_AFTER", ""))}
 keys = [(case, c) for case in CASES for c in CONNS]
 res = {(v, k): [] for v in servers for k in keys}
 try:

@@ -9,10 +9,11 @@
 //! the async task again, each from idle). With batching off, a request that finds no other request
 //! in the engine and whose predicted run time is within the inline budget ([`InlinePolicy`], from
 //! the warm-up timing: a fixed cost plus a cost per row) runs on the async worker that decoded it,
-//! on a session that is free at that moment. Otherwise it takes the queue: under concurrency the
-//! inference threads are awake already and keep the async workers free for I/O, which measured
-//! better than inline runs there (docs/benchmarks.md). An async worker is never held for longer
-//! than the budget, and never waits for a session.
+//! on a session that is free at that moment. Under concurrency only runs predicted within
+//! [`BUSY_INLINE`] (25 µs) do; longer ones take the queue, where the inference threads are awake
+//! already and keep the async workers free for I/O, which measured better for them
+//! (docs/benchmarks.md). An async worker is never held for longer than the budget, and never
+//! waits for a session.
 
 use std::{
     sync::{
@@ -83,8 +84,13 @@ impl InlinePolicy {
         if self.budget.is_zero() {
             return false;
         }
+        self.within(rows, self.budget)
+    }
+
+    /// Whether a request of `rows` rows is predicted to finish within `limit`.
+    pub fn within(&self, rows: usize, limit: Duration) -> bool {
         let extra = u32::try_from(rows.saturating_sub(1)).ok().and_then(|r| self.per_row.checked_mul(r));
-        matches!(extra.and_then(|e| self.base.checked_add(e)), Some(t) if t <= self.budget)
+        matches!(extra.and_then(|e| self.base.checked_add(e)), Some(t) if t <= limit)
     }
 }
 
@@ -96,6 +102,12 @@ fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
     // A panic inside ONNX Runtime leaves the session as usable as it was; keep serving.
     session.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Under concurrency, runs predicted within this go inline too (when a session is free): the
+/// hand-off to an inference thread and back costs more than such a run, and skipping it cut the
+/// p99 at 32 and 64 connections by a quarter with the same CPU per request (docs/benchmarks.md,
+/// run 12).
+const BUSY_INLINE: Duration = Duration::from_micros(25);
 
 /// Handle to the inference threads.
 pub struct Engine {
@@ -162,7 +174,7 @@ impl Engine {
         let rows = inputs.first().and_then(|t| t.shape.first()).map(|d| (*d).max(0) as usize).unwrap_or(1);
         let others = self.active.fetch_add(1, Ordering::AcqRel);
         let _active = Active(&self.active);
-        if others == 0 && self.inline.allows(rows) {
+        if (others == 0 || self.inline.within(rows, BUSY_INLINE)) && self.inline.allows(rows) {
             // A free session, if any; a busy one is never waited for here.
             if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
                 self.hist.queue.observe(0.0);
@@ -414,6 +426,8 @@ mod tests {
         assert!(p.allows(1) && p.allows(96));
         assert!(!p.allows(97));
         assert!(!p.allows(usize::MAX));
+        // Under concurrency only the runs predicted within BUSY_INLINE (25 µs: 21 rows here).
+        assert!(p.within(21, BUSY_INLINE) && !p.within(22, BUSY_INLINE));
         // No slope measured: each row is assumed to cost a whole run.
         let p = InlinePolicy::from_warmup(us(100), us(30), None);
         assert!(p.allows(3) && !p.allows(4));

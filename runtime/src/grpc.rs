@@ -729,23 +729,23 @@ async fn call_context(State(st): State<Arc<AppState>>, mut req: Request, next: N
             },
         );
     }
-    let latency_us = elapsed.as_micros() as u64;
-    let protocol = if is_infer { "grpc" } else { "-" };
     let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let grpc_code = format!("{code:?}");
-    let trace_id = trace.trace_id();
-    let trace_id = trace_id.as_deref();
-    match (&message, error.as_ref().map(|e| e.code)) {
-        (Some(m), Some(ErrorCode::Internal)) => tracing::error!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            version, protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
-        (Some(m), _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            version, protocol, status = http, grpc_code, latency_us, trace_id, error = %m, "request"),
-        (None, _) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = "POST", path = %path, model = %model,
-            version, protocol, status = http, grpc_code, latency_us, trace_id, "request"),
-    }
+    crate::accesslog::log(crate::accesslog::Line {
+        at: std::time::SystemTime::now(),
+        error_level: error.as_ref().is_some_and(|e| e.code == ErrorCode::Internal) && message.is_some(),
+        request_id: id,
+        method: "POST".to_string(),
+        path,
+        model,
+        version: version.to_string(),
+        protocol: if is_infer { "grpc" } else { "-" },
+        status: http,
+        grpc_code: Some(format!("{code:?}")),
+        latency_us: elapsed.as_micros() as u64,
+        trace_id: trace.trace_id(),
+        code: None,
+        error: message,
+    });
     resp
 }
 

@@ -3,6 +3,7 @@
 //! one port, and the protocol's gRPC service (with gRPC health and reflection) on a second one.
 
 pub mod access;
+pub mod accesslog;
 pub mod cache;
 pub mod canary;
 pub mod classes;

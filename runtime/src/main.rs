@@ -36,6 +36,8 @@ fn init_logging(format: LogFormat, tracing: Option<&kinfer_telemetry::Tracing>) 
         LogFormat::Text => fmt.boxed(),
     };
     tracing_subscriber::registry().with(fmt.with_filter(filter)).with(tracing.map(|t| t.layer())).init();
+    // Access lines go through their own writer thread, in the same format.
+    kinfer_runtime::accesslog::init(format);
 }
 
 /// Logs the fatal error, writes it to the termination log, and exits 1.
@@ -43,6 +45,7 @@ fn die(cfg: &Config, e: &Fatal) -> ! {
     tracing::error!(error = %e, "fatal start-up error");
     eprintln!("kinfer-runtime: {e}");
     write_termination_log(cfg, &e.to_string());
+    kinfer_runtime::accesslog::flush(Duration::from_millis(500));
     std::process::exit(1);
 }
 
@@ -187,6 +190,9 @@ async fn run(cfg: Config, env: Arc<ort::environment::Environment>) -> Result<(),
         }
     }
     tracing::info!("drained; exiting");
+    if !kinfer_runtime::accesslog::flush(Duration::from_secs(2)) {
+        tracing::warn!("access log lines not written before exit");
+    }
     Ok(())
 }
 

@@ -97,6 +97,7 @@ impl Metrics {
         // kinfer_trace_spans_dropped_total (0 while tracing is off).
         kinfer_telemetry::register_metrics(&registry)?;
         registry.register(Box::new(requests_rejected.clone()))?;
+        registry.register(Box::new(crate::accesslog::dropped_counter()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(inference_duration.clone()))?;

@@ -280,6 +280,13 @@ pub(crate) async fn v2_model_ready(
     Ok(json_value(serde_json::json!({ "name": name, "version": served.spec.version, "ready": true })))
 }
 
+/// `/v2/models/{model}[/versions/{version}]/…`.
+#[derive(serde::Deserialize)]
+pub(crate) struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
 /// Maps a body rejection (size limit included) to the JSON error.
 fn body_bytes(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
@@ -362,11 +369,22 @@ fn mark_cache(resp: &mut Response, status: Option<crate::cache::Status>) {
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2", params(("model" = String, Path, description = "Served model name")), request_body = crate::openapi::InferenceRequest, responses((status = 200, description = "Outputs (with the binary tensor extension: JSON header, then raw tensors; see Inference-Header-Content-Length)", body = crate::openapi::InferenceResponse), (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse), (status = 401, description = "Missing or wrong bearer token", body = crate::openapi::ErrorResponse), (status = 404, description = "No such model or version", body = crate::openapi::ErrorResponse), (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse), (status = 429, description = "Over the concurrency or rate limit", body = crate::openapi::ErrorResponse), (status = 503, description = "Model not ready", body = crate::openapi::ErrorResponse), (status = 504, description = "Deadline passed", body = crate::openapi::ErrorResponse)))]
 pub(crate) async fn v2_infer(
     State(st): State<Arc<AppState>>,
-    Path(p): Path<HashMap<String, String>>,
+    Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match st.engine(&p.model, p.version.as_deref()) {
+        Ok(engine) => served_by(engine.clone(), v2_infer_with(&st, &engine, &headers, body).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn v2_infer_with(
+    st: &AppState,
+    engine: &Served,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let engine = st.engine(p.get("model").map_or("", String::as_str), p.get("version").map(String::as_str))?;
     let body = body_bytes(body, st.max_body_bytes)?;
     let header_len = match headers.get(v2::HEADER_LENGTH) {
         Some(v) => Some(
@@ -382,7 +400,7 @@ pub(crate) async fn v2_infer(
         .await?;
     let selected: Vec<usize> = req.outputs.iter().map(|(i, _)| *i).collect();
     let cache = crate::cache::Use { outputs: &selected, enabled: req.cache };
-    let done = infer(&st, &engine, req.inputs, req.timeout_ms, cache).await?;
+    let done = infer(st, engine, req.inputs, req.timeout_ms, cache).await?;
     let enc = crate::telemetry::stage("encode")
         .in_scope(|| v2::encode(&engine.info, req.id.as_deref(), &done.outputs, &req.outputs));
     let mut resp = match enc.header_len {
@@ -434,23 +452,36 @@ pub(crate) async fn v1_predict(
     Path(target): Path<String>,
     query: Result<Query<PredictQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Response {
     let Some((model, verb)) = target.rsplit_once(':') else {
-        return Err(ApiError::not_found(format!(
+        return ApiError::not_found(format!(
             "POST /v1/models/{target} is not an endpoint; use /v1/models/{target}:predict"
-        )));
+        ))
+        .into_response();
     };
     if verb != "predict" {
-        return Err(ApiError::not_found(format!("':{verb}' is not supported; use /v1/models/{model}:predict")));
+        return ApiError::not_found(format!("':{verb}' is not supported; use /v1/models/{model}:predict"))
+            .into_response();
     }
-    let engine = st.engine(model, None)?;
+    match st.engine(model, None) {
+        Ok(engine) => served_by(engine.clone(), v1_predict_with(&st, &engine, query, body).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn v1_predict_with(
+    st: &AppState,
+    engine: &Served,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body_bytes(body, st.max_body_bytes)?;
     let inputs = crate::telemetry::stage("decode").in_scope(|| v1::decode(&body, &engine.info, st.limits))?;
     let n = rows_of(&inputs);
     let q = query_params(query)?;
     let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
     let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
-    let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
+    let done = infer(st, engine, inputs, q.timeout_ms, cache).await?;
     let mut resp = json(StatusCode::OK, crate::telemetry::stage("encode").in_scope(|| v1::encode_v1(&done.outputs, n)));
     mark_cache(&mut resp, done.cache);
     Ok(resp)
@@ -462,10 +493,24 @@ pub(crate) async fn predict(
     query: Result<Query<PredictQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let q = match query_params(query) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    match st.models.pick(q.model.as_deref()).and_then(|name| st.engine(&name, q.version.as_deref())) {
+        Ok(engine) => served_by(engine.clone(), predict_with(&st, &engine, q, &headers, body).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn predict_with(
+    st: &AppState,
+    engine: &Served,
+    q: PredictQuery,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query_params(query)?;
-    let name = st.models.pick(q.model.as_deref())?;
-    let engine = st.engine(&name, q.version.as_deref())?;
     let body = body_bytes(body, st.max_body_bytes)?;
     if let Some(t) = q.threshold
         && !(0.0..=1.0).contains(&t)
@@ -474,7 +519,7 @@ pub(crate) async fn predict(
     }
     // multipart/form-data: JPEG/PNG uploads for image models (one file = one row).
     let decode = async {
-        Ok::<_, ApiError>(match crate::image::multipart_boundary(&headers) {
+        Ok::<_, ApiError>(match crate::image::multipart_boundary(headers) {
             Some(boundary) => {
                 let (inputs, files) =
                     crate::image::predict_inputs(Some(&engine.image), &engine.info, body, &boundary?, st.limits)
@@ -488,7 +533,7 @@ pub(crate) async fn predict(
     let n = rows_of(&inputs);
     let all: Vec<usize> = (0..engine.info.outputs.len()).collect();
     let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
-    let done = infer(&st, &engine, inputs, q.timeout_ms, cache).await?;
+    let done = infer(st, engine, inputs, q.timeout_ms, cache).await?;
     let outputs = done.outputs.as_slice();
     let _encode = crate::telemetry::stage("encode").entered();
     let image_body = match q.threshold {
@@ -548,20 +593,33 @@ fn request_id(headers: &HeaderMap) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()))
 }
 
+/// The model a handler served a request with, in the response's extensions: the request's
+/// metrics and access line are labelled with it (without looking the model up again).
+#[derive(Clone)]
+pub(crate) struct ServedBy(pub Arc<Served>);
+
+/// The handler's response (or error) with the model that served it recorded.
+fn served_by(served: Arc<Served>, r: Result<Response, ApiError>) -> Response {
+    let mut resp = r.into_response();
+    resp.extensions_mut().insert(ServedBy(served));
+    resp
+}
+
 /// Request id, JSON error bodies, metrics and the access log line, for every request.
 async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let id = request_id(req.headers());
     let method = req.method().clone();
-    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
-    let protocol = matched.as_deref().and_then(protocol_of);
-    let trace = crate::telemetry::RequestTrace::http(&req, matched.as_deref());
+    let matched = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let protocol = matched.and_then(protocol_of);
+    let trace = crate::telemetry::RequestTrace::http(&req, matched);
     req.extensions_mut().insert(RequestId(id.clone()));
     if protocol.is_some() {
         st.metrics.in_flight.inc();
     }
     let path_for_log = req.uri().path().to_string();
-    let model_in_path = protocol.and_then(|_| model_of_request(&st, req.uri()));
+    // For requests refused before a handler recorded its model (auth, limits): the path's.
+    let uri = protocol.map(|_| req.uri().clone());
     let logged = Arc::new(std::sync::Mutex::new(None));
     let mut resp = match (&st.log, protocol) {
         (Some(_), Some(_)) => {
@@ -594,10 +652,17 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     // Which version answered; the canary's answers are counted by the canary's own pods.
     let by_canary = resp.extensions().get::<crate::canary::AnsweredByCanary>().is_some();
     let elapsed = start.elapsed();
-    // Counted under the model that served it; names no served model matches stay "unknown".
-    let (model, version) = match (&model_in_path, resp.status()) {
-        (_, StatusCode::NOT_FOUND) | (None, _) => ("unknown".to_string(), "unknown".to_string()),
-        (Some((m, v)), _) => st.models.label(m, v.as_deref()).unwrap_or_else(|| ("unknown".into(), "unknown".into())),
+    // Counted under the model that served it (the handler records it); requests refused before
+    // it under the model their path names; names no served model matches stay "unknown".
+    let served = resp.extensions_mut().remove::<ServedBy>();
+    let unknown = || ("unknown".to_string(), "unknown".to_string());
+    let (model, version) = match (served, resp.status()) {
+        (_, StatusCode::NOT_FOUND) => unknown(),
+        (Some(ServedBy(s)), _) => (s.spec.name.clone(), s.spec.version.clone()),
+        (None, _) => uri
+            .and_then(|uri| model_of_request(&st, &uri))
+            .and_then(|(m, v)| st.models.label(&m, v.as_deref()))
+            .unwrap_or_else(unknown),
     };
     if protocol.is_some() {
         st.metrics.in_flight.dec();
@@ -607,8 +672,8 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
     }
     if let Some(protocol) = protocol.filter(|_| !by_canary) {
         let (model, version) = (model.as_str(), version.as_str());
-        let code = resp.status().as_u16().to_string();
-        st.metrics.requests.with_label_values(&[model, version, protocol, &code]).inc();
+        let code = resp.status();
+        st.metrics.requests.with_label_values(&[model, version, protocol, code.as_str()]).inc();
         st.metrics.request_duration.with_label_values(&[model, version, protocol]).observe(elapsed.as_secs_f64());
     }
     trace.finish_http(resp.status().as_u16(), &model, &version, &id);
@@ -629,25 +694,24 @@ async fn request_context(State(st): State<Arc<AppState>>, mut req: Request, next
             },
         );
     }
-    let latency_us = elapsed.as_micros() as u64;
     // The version that answered (a canary's, when it did).
-    let version = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let trace_id = trace.trace_id();
-    let trace_id = trace_id.as_deref();
-    match &err {
-        Some(e) if e.code == ErrorCode::Internal => tracing::error!(
-            target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
-            code = e.code.as_str(), error = %e.message, "request"),
-        Some(e) => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
-            code = e.code.as_str(), error = %e.message, "request"),
-        None => tracing::info!(
-            target: "kinfer::access", request_id = %id, method = %method, path = %path_for_log,
-            model = %model, version, protocol = protocol.unwrap_or("-"), status = resp.status().as_u16(), latency_us, trace_id,
-            "request"),
-    }
+    let answered = resp.headers().get(crate::canary::VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    crate::accesslog::log(crate::accesslog::Line {
+        at: std::time::SystemTime::now(),
+        error_level: err.as_ref().is_some_and(|e| e.code == ErrorCode::Internal),
+        request_id: id,
+        method: method.to_string(),
+        path: path_for_log,
+        model,
+        version: answered.to_string(),
+        protocol: protocol.unwrap_or("-"),
+        status: resp.status().as_u16(),
+        grpc_code: None,
+        latency_us: elapsed.as_micros() as u64,
+        trace_id: trace.trace_id(),
+        code: err.as_ref().map(|e| e.code.as_str()),
+        error: err.map(|e| e.message),
+    });
     resp
 }
 
