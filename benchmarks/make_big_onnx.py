@@ -1,6 +1,8 @@
 """Writes a valid ONNX model of about N*N*4 bytes (Y = X @ W, W an N×N float initializer) without
 the onnx package: the protobuf is encoded by hand. For the `cold` benchmark's time to ready.
-Usage: make_big_onnx.py OUT N"""
+With `--score`, Y = (X @ W) @ V with V an N×1 column: one output per row, a dense layer whose run
+time grows with N while the response stays one number per row (the batching benchmark's model).
+Usage: make_big_onnx.py OUT N [--score]"""
 
 import struct
 import sys
@@ -34,6 +36,7 @@ def value_info(name: str, dims: list) -> bytes:
 
 def main() -> None:
     out, n = sys.argv[1], int(sys.argv[2])
+    score = "--score" in sys.argv[3:]
     # Deterministic, not compressible by accident: a small LCG.
     raw = bytearray(n * n * 4)
     x = 12345
@@ -41,14 +44,29 @@ def main() -> None:
         x = (x * 1103515245 + 12345) & 0x7FFFFFFF
         struct.pack_into("<f", raw, i, (x % 1000) / 1e6)
     weight = fv(1, n) + fv(1, n) + fv(2, 1) + fb(8, b"W") + fb(9, bytes(raw))
-    node = fb(1, b"X") + fb(1, b"W") + fb(2, b"Y") + fb(3, b"matmul") + fb(4, b"MatMul")
-    graph = (
-        fb(1, node)
-        + fb(2, b"big")
-        + fb(5, weight)
-        + fb(11, value_info("X", ["batch", n]))
-        + fb(12, value_info("Y", ["batch", n]))
-    )
+    if score:
+        col = struct.pack(f"<{n}f", *[((i * 7) % 13 - 6) / 100.0 for i in range(n)])
+        column = fv(1, n) + fv(1, 1) + fv(2, 1) + fb(8, b"V") + fb(9, col)
+        hidden = fb(1, b"X") + fb(1, b"W") + fb(2, b"H") + fb(3, b"hidden") + fb(4, b"MatMul")
+        head = fb(1, b"H") + fb(1, b"V") + fb(2, b"Y") + fb(3, b"score") + fb(4, b"MatMul")
+        graph = (
+            fb(1, hidden)
+            + fb(1, head)
+            + fb(2, b"dense")
+            + fb(5, weight)
+            + fb(5, column)
+            + fb(11, value_info("X", ["batch", n]))
+            + fb(12, value_info("Y", ["batch", 1]))
+        )
+    else:
+        node = fb(1, b"X") + fb(1, b"W") + fb(2, b"Y") + fb(3, b"matmul") + fb(4, b"MatMul")
+        graph = (
+            fb(1, node)
+            + fb(2, b"big")
+            + fb(5, weight)
+            + fb(11, value_info("X", ["batch", n]))
+            + fb(12, value_info("Y", ["batch", n]))
+        )
     model = fv(1, 8) + fb(2, b"kinfer-bench") + fb(7, graph) + fb(8, fb(1, b"") + fv(2, 17))
     with open(out, "wb") as f:
         f.write(model)

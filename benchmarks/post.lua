@@ -1,17 +1,22 @@
--- wrk script for `make bench`: POSTs the body file named by $BENCH_BODY and, when done, prints one
--- line "BENCH_JSON {...}" with the counts and the latency percentiles in microseconds.
+-- wrk script for `make bench`: POSTs the body file named by $BENCH_BODY (a plain GET when it is
+-- empty) and, when done, prints one line "BENCH_JSON {...}" with the counts and the latency
+-- percentiles in microseconds.
 local path = os.getenv("BENCH_BODY")
-local f = assert(io.open(path, "rb"), "cannot open BENCH_BODY " .. tostring(path))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-local hlen = os.getenv("BENCH_HEADER_LENGTH")
-if hlen and hlen ~= "" then
-  -- The binary tensor extension: a JSON header of this many bytes, then the raw tensors.
-  wrk.headers["Inference-Header-Content-Length"] = hlen
-  wrk.headers["Content-Type"] = "application/octet-stream"
+if path and path ~= "" then
+  local f = assert(io.open(path, "rb"), "cannot open BENCH_BODY " .. tostring(path))
+  wrk.method = "POST"
+  wrk.body = f:read("*a")
+  f:close()
+  local hlen = os.getenv("BENCH_HEADER_LENGTH")
+  if hlen and hlen ~= "" then
+    -- The binary tensor extension: a JSON header of this many bytes, then the raw tensors.
+    wrk.headers["Inference-Header-Content-Length"] = hlen
+    wrk.headers["Content-Type"] = "application/octet-stream"
+  else
+    wrk.headers["Content-Type"] = "application/json"
+  end
 else
-  wrk.headers["Content-Type"] = "application/json"
+  wrk.method = "GET"
 end
 
 function done(summary, latency, requests)
