@@ -9,7 +9,7 @@ Both servers are up at once (defaults, access log on) and the runs alternate bet
 order flipping every repeat. Needs wrk on PATH and ORT_DYLIB_PATH.
 Prints per run and the medians: requests/s, p50/p99 (us), server CPU us per request (utime +
 stime of the server process from /proc over the run, divided by the requests wrk completed)."""
-import json, os, socket, statistics, struct, subprocess, sys, time, urllib.request
+import json, os, socket, statistics, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,29 +21,15 @@ REPEAT = int(os.environ.get("REPEAT", "3"))
 DURATION = int(os.environ.get("DURATION", "5"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "1,32").split(",")]
 CASES = [(c.split(":")[0], int(c.split(":")[1])) for c in os.environ.get("CASES", "predict:1").split(",")]
-exp = json.loads((ROOT / "examples/models" / model / "expected.json").read_text())
-shape = exp["inputs"][0]["shape"]
-data = exp["inputs"][0]["data"]
-examples = [data[i * shape[1]:(i + 1) * shape[1]] for i in range(max(1, len(data) // shape[1]))]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench  # noqa: E402  (the same request bodies and models as `make bench`)
 
 
 def body_for(proto, n):
-    """The body file and, for the binary tensor extension, its JSON header length."""
-    rows = [examples[i % len(examples)] for i in range(n)]
-    path = Path(f"/tmp/ab-{model}-{proto}-{n}.body")
-    if proto == "v2bin":
-        raw = struct.pack(f"<{n * len(rows[0])}f", *[x for r in rows for x in r])
-        header = json.dumps({"inputs": [{"name": "input", "shape": [n, len(rows[0])], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": len(raw)}}],
-                             "parameters": {"binary_data_output": True}}, separators=(",", ":")).encode()
-        path.write_bytes(header + raw)
-        return path, str(len(header))
-    if proto in ("v1", "predict"):
-        path.write_text(json.dumps({"instances": rows}, separators=(",", ":")))
-    else:
-        path.write_text(json.dumps({"inputs": [{"name": "input", "shape": [n, len(rows[0])], "datatype": "FP32",
-                                                "data": [x for r in rows for x in r]}]}, separators=(",", ":")))
-    return path, ""
+    """The body file `make bench` sends and, for the binary tensor extension, its JSON header length."""
+    path = bench.body_file(model, "v1" if proto == "predict" else proto, n)
+    hlen = Path(str(path) + ".hlen")
+    return path, hlen.read_text().strip() if hlen.exists() else ""
 
 
 def url_path(proto):
@@ -59,7 +45,7 @@ def start(binary, extra, side_env=""):
     port = free_port()
     env = dict(os.environ, KINFER_LOG=os.environ.get("KINFER_LOG", "info"))
     env.update(kv.split("=", 1) for kv in side_env.split() if "=" in kv)
-    p = subprocess.Popen([binary, "--model-uri", str(ROOT / "examples/models" / model / "model.onnx"), "--model-name", model,
+    p = subprocess.Popen([binary, "--model-uri", str(bench.model_dir(model) / "model.onnx"), "--model-name", model,
                           "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
                           "--cache-dir", f"/tmp/ab-cache-{port}", *extra],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,7 +3,7 @@
 //! `s3://bucket/key` (aws-sdk-s3 with the default credential chain; `AWS_ENDPOINT_URL_S3` and
 //! `KINFER_S3_PATH_STYLE=true` for S3-compatible stores), `http(s)://`, `file://` and plain paths.
 //! Objects larger than one part (`KINFER_DOWNLOAD_PART_BYTES`) come as parallel ranged GETs
-//! (`KINFER_DOWNLOAD_CONCURRENCY` at once) written with positional writes into `<file>.part` in
+//! (`KINFER_DOWNLOAD_CONCURRENCY` at once) written with positional writes into `<file>.<pid>-<n>.part` in
 //! the cache directory; smaller ones, and servers that ignore `Range`, as one stream. The sha256 is
 //! computed while the bytes arrive and checked before the file is renamed into place. Transient
 //! failures are retried with backoff (per part), permanent ones fail at once with a message that
@@ -112,7 +112,7 @@ impl FetchOptions {
 /// Remote models land in `<cache_dir>/<hash of the uri>/<file name>`. With an expected sha256, a
 /// cached file is reused when hashing it gives that sha256 (a corrupt or stale one is removed and
 /// downloaded again); without one the model is always downloaded again, as a cached file cannot
-/// be told from a stale one. A download is written to `<file>.part` and renamed into place only
+/// be told from a stale one. A download is written to `<file>.<pid>-<n>.part` and renamed into place only
 /// when complete and verified.
 pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError> {
     let expected = match &opts.expected_sha256 {
@@ -181,7 +181,10 @@ pub async fn fetch(uri: &str, opts: &FetchOptions) -> Result<PathBuf, FetchError
         (ModelUri::Http(url), _) => Source::Http { client: &http, url },
         _ => return Err(FetchError::permanent("file URIs are read in place")),
     };
-    let part = dest.with_extension("part");
+    // Each process writes its own partial file (pods sharing a node's cache folder may fetch the
+    // same model at once); the verified one is renamed into place, which is atomic.
+    sweep_stale_parts(&dest);
+    let part = part_path(&dest);
     let cleanup = || {
         let _ = std::fs::remove_file(&part);
         let _ = std::fs::remove_dir(&dir); // only when empty
@@ -532,6 +535,36 @@ async fn write_body(
             }
             Ok(None) => return Ok(()),
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A partial file of `dest` unique to this process and download: `<file>.<pid>-<n>.part`.
+fn part_path(dest: &Path) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!("{name}.{}-{n}.part", std::process::id()))
+}
+
+/// Partial files of `dest` untouched for an hour: left by a process that died mid-download (a
+/// live download writes to its file all the time). Removed so they do not fill the cache folder.
+fn sweep_stale_parts(dest: &Path) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().map(|f| f.to_string_lossy().into_owned())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!("{name}.");
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if file.starts_with(&prefix) && file.ends_with(".part") && stale {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

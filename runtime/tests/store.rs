@@ -262,6 +262,39 @@ trait Tap: Sized {
 }
 impl Tap for FetchOptions {}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_fetching_into_one_cache_folder_do_not_share_a_partial_file() {
+    let s3 = S3::start().await;
+    let bytes = random_bytes(512 * 1024 + 7); // 9 parts of 64 KiB
+    s3.put("models", "shared/model.bin", &bytes);
+    let cache = tempfile::tempdir().unwrap();
+    let o = opts_for(&s3, cache.path()).tap(|o| o.expected_sha256 = Some(sha_hex(&bytes)));
+    let path = store::fetch("s3://models/shared/model.bin", &o).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    // Left behind: a partial file of a download that died two hours ago, and one being written
+    // right now by another pod on the node.
+    let dir = path.parent().unwrap();
+    let stale = dir.join("model.bin.999999-0.part");
+    let live = dir.join("model.bin.999998-0.part");
+    std::fs::write(&stale, b"dead").unwrap();
+    std::fs::write(&live, b"busy").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
+
+    // Two fetches of the same model at once (two pods sharing the node's cache folder).
+    let (a, b) = tokio::join!(
+        store::fetch("s3://models/shared/model.bin", &o),
+        store::fetch("s3://models/shared/model.bin", &o)
+    );
+    assert_eq!(a.unwrap(), path);
+    assert_eq!(b.unwrap(), path);
+    assert!(std::fs::read(&path).unwrap() == bytes, "the model file is intact");
+    let mut left = files_under(cache.path());
+    left.sort();
+    assert_eq!(left, vec![path.clone(), live], "the stale partial file is swept, the live one kept");
+}
+
 #[tokio::test]
 async fn sha_mismatch_names_both_and_leaves_nothing_in_the_cache() {
     let s3 = S3::start().await;
