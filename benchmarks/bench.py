@@ -9,7 +9,7 @@ case by case within each repeat, so that ratios are taken side by side:
   ready     process start -> GET /v2/health/ready 200, per example model (local file)
   main      model x protocol (v2, v1) x rows (1, 64) x connections (1, 32): kinfer vs the FastAPI
             baseline vs the floor (the same model through `model::run`, one thread, no HTTP)
-  batching  the MLP (a ~4 µs model) and a generated 2048-wide dense layer (16 MB, ~0.4 ms per run), 1-row
+  batching  the MLP (a ~4 µs model) and a generated 2048-wide dense layer (16 MB, ~0.9 ms per 1-row run), 1-row
             requests at 1/32/64 connections, dynamic batching off / on
   sessions  the tabular model, sessions x intra-op threads
   logging   the tabular model, access log on (default, KINFER_LOG=info) / off (KINFER_LOG=warn)
@@ -559,7 +559,7 @@ def section_batching() -> None:
     cases = [("v2", 1, 1), ("v2", 1, 32), ("v2", 1, 64)]
     # The MLP runs in ~4 µs: HTTP is most of a request, batching has little to save.
     section_variants("batching", "mlp", variants, cases)
-    # The dense layer reads its 16 MB of weights once per run (~0.4 ms): what batching is for.
+    # The dense layer reads its 16 MB of weights once per run (~0.9 ms for one row): what batching is for.
     section_variants("batching dense", DENSE, variants, cases)
 
 
