@@ -119,16 +119,15 @@ pub fn log(line: Line) {
     let w = writer();
     match w.tx.try_send(Msg::Line(Box::new(line))) {
         Ok(()) => {}
+        // The writer fell behind: a failed request's line is written here, a success's dropped.
+        Err(TrySendError::Full(Msg::Line(line))) if !line.failed() => w.dropped.inc(),
+        // Full with a failure, or no writer thread at all (it could not start): written here.
         Err(TrySendError::Full(Msg::Line(line)) | TrySendError::Disconnected(Msg::Line(line))) => {
-            if line.failed() {
-                let mut buf = Vec::with_capacity(512);
-                write_line(&mut buf, &line, w.format);
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&buf);
-                let _ = out.flush();
-            } else {
-                w.dropped.inc();
-            }
+            let mut buf = Vec::with_capacity(512);
+            write_line(&mut buf, &line, w.format);
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&buf);
+            let _ = out.flush();
         }
         Err(_) => {}
     }
@@ -240,7 +239,7 @@ fn text(buf: &mut Vec<u8>, l: &Line) {
     let _ = write!(buf, " {:>5} kinfer::access: request", level(l));
     let _ = write!(
         buf,
-        " request_id={} method={} path={} model={} version={} protocol={} status={}",
+        " request_id={} method={} path={} model={} version={:?} protocol={:?} status={}",
         l.request_id, l.method, l.path, l.model, l.version, l.protocol, l.status
     );
     if let Some(c) = &l.grpc_code {
@@ -366,6 +365,7 @@ mod tests {
             s.starts_with("2026-11-30T11:42:58.123456Z  INFO kinfer::access: request request_id=r-1 method=POST"),
             "{s}"
         );
+        assert!(s.contains(" model=m version=\"2\" protocol=\"v2\" status=200 "), "{s}");
         assert!(s.ends_with("status=200 latency_us=87\n"), "{s}");
     }
 }
