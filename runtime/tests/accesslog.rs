@@ -7,16 +7,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kinfer_runtime::protocol::grpc::pb::{
-    self, InferTensorContents, grpc_inference_service_client::GrpcInferenceServiceClient,
-    model_infer_request::InferInputTensor,
-};
+use kinfer_runtime::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde_json::{Value, json};
 use support::*;
-
-fn mlp_row() -> Vec<f32> {
-    (0..30).map(|i| i as f32 / 30.0).collect()
-}
 
 fn v2_body(rows: usize) -> Value {
     let data: Vec<f32> = (0..rows).flat_map(|_| mlp_row()).collect();
@@ -68,17 +61,7 @@ async fn every_request_gets_exactly_one_access_line_on_every_protocol() {
 
     // One gRPC call, with its request id in the metadata.
     let mut grpc = GrpcInferenceServiceClient::connect(rt.grpc_url()).await.expect("gRPC connects");
-    let mut req = tonic::Request::new(pb::ModelInferRequest {
-        model_name: "mlp".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 30],
-            parameters: Default::default(),
-            contents: Some(InferTensorContents { fp32_contents: mlp_row(), ..Default::default() }),
-        }],
-        ..Default::default()
-    });
+    let mut req = tonic::Request::new(mlp_grpc_request("mlp", 1));
     req.metadata_mut().insert("x-request-id", "grpc-1".parse().expect("metadata value"));
     grpc.model_infer(req).await.expect("gRPC inference");
 

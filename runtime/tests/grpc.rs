@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use kinfer_runtime::protocol::grpc::pb::{
     self, InferParameter, InferTensorContents, grpc_inference_service_client::GrpcInferenceServiceClient,
-    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
+    infer_parameter::ParameterChoice,
 };
 use prost::Message;
 use support::*;
@@ -28,30 +28,6 @@ async fn channel(rt: &Runtime) -> Channel {
 
 async fn connect(rt: &Runtime) -> GrpcInferenceServiceClient<Channel> {
     GrpcInferenceServiceClient::connect(rt.grpc_url()).await.expect("connect to the gRPC port")
-}
-
-fn mlp_row() -> Vec<f32> {
-    let data = expected("mlp")["inputs"][0]["data"].as_array().expect("data").clone();
-    data[..30].iter().map(|v| v.as_f64().expect("number") as f32).collect()
-}
-
-/// A typed-contents request for a `[rows, 30]` FP32 input named `input`.
-fn mlp_request(model: &str, rows: usize) -> pb::ModelInferRequest {
-    let mut values = Vec::new();
-    for _ in 0..rows {
-        values.extend(mlp_row());
-    }
-    pb::ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![rows as i64, 30],
-            parameters: Default::default(),
-            contents: Some(InferTensorContents { fp32_contents: values, ..Default::default() }),
-        }],
-        ..Default::default()
-    }
 }
 
 fn int_param(v: i64) -> InferParameter {
@@ -111,7 +87,7 @@ async fn errors_are_grpc_codes_with_the_message_naming_the_field() {
     let mut c = connect(&rt).await;
 
     // Wrong datatype field, wrong shape, unknown output, unknown model, unknown version.
-    let mut r = mlp_request("mlp", 1);
+    let mut r = mlp_grpc_request("mlp", 1);
     let values = r.inputs[0].contents.take().expect("contents").fp32_contents;
     r.inputs[0].contents = Some(InferTensorContents {
         fp64_contents: values.iter().map(|v| f64::from(*v)).collect(),
@@ -124,13 +100,13 @@ async fn errors_are_grpc_codes_with_the_message_naming_the_field() {
         "{e:?}"
     );
 
-    let mut r = mlp_request("mlp", 1);
+    let mut r = mlp_grpc_request("mlp", 1);
     r.inputs[0].shape = vec![1, 29];
     let e = c.model_infer(r).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("input 'input' has shape [1, 29], expected [-1, 30]"), "{e:?}");
 
-    let mut r = mlp_request("mlp", 1);
+    let mut r = mlp_grpc_request("mlp", 1);
     r.outputs = vec![pb::model_infer_request::InferRequestedOutputTensor {
         name: "nope".into(),
         parameters: Default::default(),
@@ -138,10 +114,10 @@ async fn errors_are_grpc_codes_with_the_message_naming_the_field() {
     let e = c.model_infer(r).await.unwrap_err();
     assert!(e.message().contains("unknown output 'nope'"), "{e:?}");
 
-    let e = c.model_infer(mlp_request("fraud", 1)).await.unwrap_err();
+    let e = c.model_infer(mlp_grpc_request("fraud", 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("model 'fraud' not found; this server serves 'mlp'"), "{e:?}");
-    let mut r = mlp_request("mlp", 1);
+    let mut r = mlp_grpc_request("mlp", 1);
     r.model_version = "2".into();
     assert_eq!(c.model_infer(r).await.unwrap_err().code(), Code::NotFound);
     let e =
@@ -151,7 +127,7 @@ async fn errors_are_grpc_codes_with_the_message_naming_the_field() {
     assert_eq!(e.code(), Code::NotFound);
 
     // Rows over KINFER_MAX_BATCH_ROWS: INVALID_ARGUMENT naming the limit, as on REST.
-    let e = c.model_infer(mlp_request("mlp", 1001)).await.unwrap_err();
+    let e = c.model_infer(mlp_grpc_request("mlp", 1001)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("exceeds the limit of 1000 rows per request (KINFER_MAX_BATCH_ROWS)"), "{e:?}");
 
@@ -170,7 +146,7 @@ async fn request_ids_come_from_metadata_or_the_request_id() {
     let mut c = connect(&rt).await;
 
     // x-request-id in metadata wins and comes back in the response metadata.
-    let mut msg = mlp_request("mlp", 2);
+    let mut msg = mlp_grpc_request("mlp", 2);
     msg.id = "body-id".into();
     let mut req = tonic::Request::new(msg.clone());
     req.metadata_mut().insert("x-request-id", "meta-id".parse().unwrap());
@@ -185,13 +161,13 @@ async fn request_ids_come_from_metadata_or_the_request_id() {
     // Without metadata the request's id is the request id; without either, a new one.
     let resp = c.model_infer(msg).await.expect("infer");
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "body-id");
-    let resp = c.model_infer(mlp_request("mlp", 1)).await.expect("infer");
+    let resp = c.model_infer(mlp_grpc_request("mlp", 1)).await.expect("infer");
     let id = resp.metadata().get("x-request-id").expect("x-request-id").to_str().unwrap().to_string();
     assert_eq!(id.len(), 36, "a uuid: {id}");
     assert!(resp.into_inner().id.is_empty());
 
     // Errors carry it too.
-    let mut req = tonic::Request::new(mlp_request("fraud", 1));
+    let mut req = tonic::Request::new(mlp_grpc_request("fraud", 1));
     req.metadata_mut().insert("x-request-id", "err-id".parse().unwrap());
     let e = c.model_infer(req).await.unwrap_err();
     assert_eq!(e.metadata().get("x-request-id").unwrap(), "err-id");
@@ -205,10 +181,10 @@ async fn bearer_tokens_in_metadata_guard_the_model_rpcs() {
         .ready()
         .await;
     let mut c = connect(&rt).await;
-    let e = c.model_infer(mlp_request("mlp", 1)).await.unwrap_err();
+    let e = c.model_infer(mlp_grpc_request("mlp", 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("missing bearer token"), "{e:?}");
-    let mut req = tonic::Request::new(mlp_request("mlp", 1));
+    let mut req = tonic::Request::new(mlp_grpc_request("mlp", 1));
     req.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
     let e = c.model_infer(req).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::Unauthenticated, "invalid bearer token"));
@@ -216,7 +192,7 @@ async fn bearer_tokens_in_metadata_guard_the_model_rpcs() {
         c.model_metadata(pb::ModelMetadataRequest { name: "mlp".into(), version: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 
-    let mut req = tonic::Request::new(mlp_request("mlp", 1));
+    let mut req = tonic::Request::new(mlp_grpc_request("mlp", 1));
     req.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
     c.model_infer(req).await.expect("the right token is let in");
     // Liveness, readiness, server metadata and gRPC health stay open, as on REST.
@@ -276,7 +252,7 @@ async fn limits_and_deadlines_answer_resource_exhausted_and_deadline_exceeded() 
     let mut c = connect(&rt).await;
 
     // A message over KINFER_MAX_BODY_BYTES.
-    let e = c.model_infer(mlp_request("mlp", 40)).await.unwrap_err();
+    let e = c.model_infer(mlp_grpc_request("mlp", 40)).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("exceeds the limit of 4096 bytes (KINFER_MAX_BODY_BYTES)"), "{e:?}");
 
@@ -284,11 +260,11 @@ async fn limits_and_deadlines_answer_resource_exhausted_and_deadline_exceeded() 
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = c.clone();
-        held.push(tokio::spawn(async move { c.model_infer(mlp_request("mlp", 1)).await.map(|_| ()) }));
+        held.push(tokio::spawn(async move { c.model_infer(mlp_grpc_request("mlp", 1)).await.map(|_| ()) }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = std::time::Instant::now();
-    let e = c.model_infer(mlp_request("mlp", 1)).await.unwrap_err();
+    let e = c.model_infer(mlp_grpc_request("mlp", 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("KINFER_MAX_CONCURRENCY"), "{e:?}");
     assert!(t.elapsed() < Duration::from_millis(200), "refused at once");
@@ -297,25 +273,25 @@ async fn limits_and_deadlines_answer_resource_exhausted_and_deadline_exceeded() 
     }
 
     // The request's own deadline: timeout_ms (as on REST) and Triton's timeout (µs).
-    let mut r = mlp_request("mlp", 1);
+    let mut r = mlp_grpc_request("mlp", 1);
     r.parameters.insert("timeout_ms".into(), int_param(50));
     let e = c.model_infer(r).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert!(e.message().contains("inference did not finish within 50 ms"), "{e:?}");
-    let mut r = mlp_request("mlp", 1);
+    let mut r = mlp_grpc_request("mlp", 1);
     r.parameters.insert("timeout".into(), int_param(60_000));
     let e = c.model_infer(r).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert!(e.message().contains("within 60 ms"), "{e:?}");
 
     // grpc-timeout, answered by the server itself.
-    let (status, message) = raw_call_with_grpc_timeout(rt.grpc_port, &mlp_request("mlp", 1), "80m").await;
+    let (status, message) = raw_call_with_grpc_timeout(rt.grpc_port, &mlp_grpc_request("mlp", 1), "80m").await;
     assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
     assert!(
         message.contains("inference%20did%20not%20finish") || message.contains("inference did not finish"),
         "{message}"
     );
-    let (status, message) = raw_call_with_grpc_timeout(rt.grpc_port, &mlp_request("mlp", 1), "soon").await;
+    let (status, message) = raw_call_with_grpc_timeout(rt.grpc_port, &mlp_grpc_request("mlp", 1), "soon").await;
     assert_eq!(status, "3", "INVALID_ARGUMENT: {message}");
 
     let m = rt.metrics().await;
@@ -337,7 +313,9 @@ async fn concurrent_grpc_calls_are_batched_like_rest() {
     let mut calls = Vec::new();
     for rows in 1..=3 {
         let mut c = c.clone();
-        calls.push(tokio::spawn(async move { c.model_infer(mlp_request("mlp", rows)).await.map(|r| r.into_inner()) }));
+        calls.push(tokio::spawn(
+            async move { c.model_infer(mlp_grpc_request("mlp", rows)).await.map(|r| r.into_inner()) },
+        ));
     }
     for (i, call) in calls.into_iter().enumerate() {
         let resp = call.await.unwrap().expect("infer");
@@ -382,7 +360,7 @@ async fn loading_model_is_unavailable_and_health_not_serving_until_ready() {
     assert!(!c.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
     let ready = c.model_ready(pb::ModelReadyRequest { name: "iris".into(), version: String::new() }).await;
     assert!(!ready.expect("model ready answers").into_inner().ready);
-    let mut r = mlp_request("iris", 1);
+    let mut r = mlp_grpc_request("iris", 1);
     r.inputs[0].shape = vec![1, 4];
     r.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![5.1, 3.5, 1.4, 0.2], ..Default::default() });
     let e = c.model_infer(r.clone()).await.unwrap_err();
@@ -500,10 +478,10 @@ async fn grpc_calls_land_in_the_request_log() {
         .ready()
         .await;
     let mut c = connect(&rt).await;
-    let mut ok = tonic::Request::new(mlp_request("mlp", 2));
+    let mut ok = tonic::Request::new(mlp_grpc_request("mlp", 2));
     ok.metadata_mut().insert("x-request-id", "grpc-logged-1".parse().unwrap());
     c.model_infer(ok).await.expect("infer");
-    let mut bad = mlp_request("mlp", 1);
+    let mut bad = mlp_grpc_request("mlp", 1);
     bad.inputs[0].shape = vec![1, 29];
     bad.id = "grpc-logged-2".into();
     c.model_infer(bad).await.unwrap_err();

@@ -11,10 +11,7 @@ use std::{
 };
 
 use axum::{body::Bytes, http::header, response::IntoResponse, routing::post};
-use kinfer_runtime::protocol::grpc::pb::{
-    self, InferTensorContents, grpc_inference_service_client::GrpcInferenceServiceClient,
-    model_infer_request::InferInputTensor,
-};
+use kinfer_runtime::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -139,11 +136,6 @@ fn traced(base: &str, protocol: &str) -> RuntimeBuilder {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", base)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-}
-
-fn mlp_row() -> Vec<f32> {
-    let data = expected("mlp")["inputs"][0]["data"].as_array().expect("data").clone();
-    data[..30].iter().map(|v| v.as_f64().expect("number") as f32).collect()
 }
 
 fn v2_body() -> Value {
@@ -295,27 +287,13 @@ async fn http_requests_are_traced_over_http_protobuf_continuing_the_callers_trac
     assert!(!stdout.contains("\"spans\""), "{stdout}");
 }
 
-fn grpc_request(model: &str) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 30],
-            parameters: Default::default(),
-            contents: Some(InferTensorContents { fp32_contents: mlp_row(), ..Default::default() }),
-        }],
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_traced_over_otlp_grpc() {
     let (collector, base) = start_collector(true).await;
     let mut rt = traced(&base, "grpc").env("OTEL_SERVICE_NAME", "fraud-svc").ready().await;
     let mut c = GrpcInferenceServiceClient::connect(rt.grpc_url()).await.expect("connect");
 
-    let mut req = tonic::Request::new(grpc_request("mlp"));
+    let mut req = tonic::Request::new(mlp_grpc_request("mlp", 1));
     req.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01").parse().unwrap());
     req.metadata_mut().insert("x-request-id", "grpc-traced-1".parse().unwrap());
     c.model_infer(req).await.expect("infer");
@@ -335,7 +313,7 @@ async fn grpc_calls_are_traced_over_otlp_grpc() {
 
     // A failed call carries its gRPC code.
     let other = "0af7651916cd43dd8448eb211c80319c";
-    let mut req = tonic::Request::new(grpc_request("no-such-model"));
+    let mut req = tonic::Request::new(mlp_grpc_request("no-such-model", 1));
     req.metadata_mut().insert("traceparent", format!("00-{other}-{CALLER_SPAN}-01").parse().unwrap());
     let e = c.model_infer(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
@@ -476,7 +454,7 @@ async fn a_request_forwarded_to_the_canary_continues_the_trace_under_the_stable_
     // gRPC: the same through metadata.
     let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
     let mut c = GrpcInferenceServiceClient::connect(stable.grpc_url()).await.expect("connect");
-    let mut req = tonic::Request::new(grpc_request("mlp"));
+    let mut req = tonic::Request::new(mlp_grpc_request("mlp", 1));
     req.metadata_mut().insert("traceparent", format!("00-{grpc_trace}-{CALLER_SPAN}-01").parse().unwrap());
     c.model_infer(req).await.expect("infer");
     let start = Instant::now();

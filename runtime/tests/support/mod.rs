@@ -31,6 +31,32 @@ pub fn expected(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(&p).expect("expected.json")).expect("expected.json parses")
 }
 
+/// The first row (30 features) of the MLP example's expected inputs.
+pub fn mlp_row() -> Vec<f32> {
+    let data = expected("mlp")["inputs"][0]["data"].as_array().expect("data").clone();
+    data[..30].iter().map(|v| v.as_f64().expect("number") as f32).collect()
+}
+
+/// A gRPC `ModelInfer` request for `model` with typed contents: `rows` copies of [`mlp_row`] as
+/// the `[rows, 30]` FP32 input named `input`.
+pub fn mlp_grpc_request(model: &str, rows: usize) -> kinfer_runtime::protocol::grpc::pb::ModelInferRequest {
+    use kinfer_runtime::protocol::grpc::pb::{
+        InferTensorContents, ModelInferRequest, model_infer_request::InferInputTensor,
+    };
+    let values: Vec<f32> = (0..rows).flat_map(|_| mlp_row()).collect();
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, 30],
+            parameters: Default::default(),
+            contents: Some(InferTensorContents { fp32_contents: values, ..Default::default() }),
+        }],
+        ..Default::default()
+    }
+}
+
 /// The ONNX Runtime library: `ORT_DYLIB_PATH`, or the one `make setup-ort` installs.
 pub fn ort_dylib() -> PathBuf {
     if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
