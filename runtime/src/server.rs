@@ -359,6 +359,11 @@ pub(crate) async fn infer(
     result
 }
 
+/// The outputs a request asks for, part of the prediction cache's key (not built when it is off).
+fn cache_outputs(st: &AppState, outputs: impl Iterator<Item = usize>) -> Vec<usize> {
+    if st.cache.is_some() { outputs.collect() } else { Vec::new() }
+}
+
 /// Sets `x-kinfer-cache` (hit, miss or bypass) when the prediction cache is on.
 fn mark_cache(resp: &mut Response, status: Option<crate::cache::Status>) {
     if let Some(s) = status {
@@ -398,9 +403,7 @@ async fn v2_infer_with(
     let req = crate::image::decode_v2(Some(&engine.image), body, header_len, &engine.info, st.limits)
         .instrument(crate::telemetry::stage("decode"))
         .await?;
-    // The outputs asked for are part of the cache key (not built when the cache is off).
-    let selected: Vec<usize> =
-        if st.cache.is_some() { req.outputs.iter().map(|(i, _)| *i).collect() } else { Vec::new() };
+    let selected = cache_outputs(st, req.outputs.iter().map(|(i, _)| *i));
     let cache = crate::cache::Use { outputs: &selected, enabled: req.cache };
     let done = infer(st, engine, req.inputs, req.timeout_ms, cache).await?;
     let enc = crate::telemetry::stage("encode")
@@ -481,7 +484,7 @@ async fn v1_predict_with(
     let inputs = crate::telemetry::stage("decode").in_scope(|| v1::decode(&body, &engine.info, st.limits))?;
     let n = rows_of(&inputs);
     let q = query_params(query)?;
-    let all: Vec<usize> = if st.cache.is_some() { (0..engine.info.outputs.len()).collect() } else { Vec::new() };
+    let all = cache_outputs(st, 0..engine.info.outputs.len());
     let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
     let done = infer(st, engine, inputs, q.timeout_ms, cache).await?;
     let mut resp = json(StatusCode::OK, crate::telemetry::stage("encode").in_scope(|| v1::encode_v1(&done.outputs, n)));
@@ -533,7 +536,7 @@ async fn predict_with(
     };
     let (inputs, files) = decode.instrument(crate::telemetry::stage("decode")).await?;
     let n = rows_of(&inputs);
-    let all: Vec<usize> = if st.cache.is_some() { (0..engine.info.outputs.len()).collect() } else { Vec::new() };
+    let all = cache_outputs(st, 0..engine.info.outputs.len());
     let cache = crate::cache::Use { outputs: &all, enabled: crate::cache::parse_query_flag(q.cache.as_deref())? };
     let done = infer(st, engine, inputs, q.timeout_ms, cache).await?;
     let outputs = done.outputs.as_slice();
