@@ -65,14 +65,23 @@ enum Msg {
 struct Writer {
     tx: Sender<Msg>,
     format: LogFormat,
-    dropped: prometheus::IntCounter,
 }
 
 static WRITER: OnceLock<Writer> = OnceLock::new();
 
-/// Lines dropped because the writer fell behind (registered by [`crate::metrics::Metrics`]).
+/// Lines dropped because the writer fell behind. Its own static, so that registering it (in
+/// [`crate::metrics::Metrics`]) does not start the writer thread before [`init`] chose the format.
+static DROPPED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    prometheus::IntCounter::new(
+        "kinfer_access_log_dropped_total",
+        "Access log lines of successful requests dropped because the log writer fell behind",
+    )
+    .expect("a valid metric name")
+});
+
+/// The dropped-lines counter, for the metrics registry.
 pub fn dropped_counter() -> prometheus::IntCounter {
-    writer().dropped.clone()
+    DROPPED.clone()
 }
 
 /// Starts the writer thread with `format` (the first call decides; later calls change nothing).
@@ -87,18 +96,13 @@ fn writer() -> &'static Writer {
 fn start(format: LogFormat) -> &'static Writer {
     WRITER.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let dropped = prometheus::IntCounter::new(
-            "kinfer_access_log_dropped_total",
-            "Access log lines of successful requests dropped because the log writer fell behind",
-        )
-        .expect("a valid metric name");
         let spawned =
             std::thread::Builder::new().name("kinfer-access-log".into()).spawn(move || write_loop(rx, format));
         if let Err(e) = spawned {
             // Without the thread every line is written by its request (see `log`).
             eprintln!("kinfer-runtime: cannot start the access log thread ({e}); writing lines inline");
         }
-        Writer { tx, format, dropped }
+        Writer { tx, format }
     })
 }
 
@@ -120,7 +124,7 @@ pub fn log(line: Line) {
     match w.tx.try_send(Msg::Line(Box::new(line))) {
         Ok(()) => {}
         // The writer fell behind: a failed request's line is written here, a success's dropped.
-        Err(TrySendError::Full(Msg::Line(line))) if !line.failed() => w.dropped.inc(),
+        Err(TrySendError::Full(Msg::Line(line))) if !line.failed() => DROPPED.inc(),
         // Full with a failure, or no writer thread at all (it could not start): written here.
         Err(TrySendError::Full(Msg::Line(line)) | TrySendError::Disconnected(Msg::Line(line))) => {
             let mut buf = Vec::with_capacity(512);
